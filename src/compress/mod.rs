@@ -1,0 +1,82 @@
+//! Context compression: the [`Compressor`] trait, one file per compressor, the message-selection
+//! policy, the result cache, and the pipeline that applies them to a chat request.
+//!
+//! Compressors are synchronous and deterministic: the same input always yields the same output,
+//! so the upstream provider's prompt cache keeps hitting on repeated context. The pipeline decides
+//! where they run (inline for small texts, on the blocking pool for big ones) and enforces the
+//! deadline, failing open to the original text.
+
+mod cache;
+mod extractive;
+mod identity;
+mod pipeline;
+mod policy;
+pub mod text;
+mod tokens;
+mod truncate;
+
+use std::sync::Arc;
+
+pub use cache::CompressionCache;
+pub use extractive::Extractive;
+pub use identity::Identity;
+pub use pipeline::{CompressionOutcome, Pipeline, PipelineStats};
+pub use policy::{plan, Piece, Plan, PlanTarget};
+pub use tokens::Tokenizer;
+pub use truncate::Truncate;
+
+use crate::config::CompressorKind;
+
+/// What a compressor gets: one span of prose, the user's question, and a token budget.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressInput<'a> {
+    pub text: &'a str,
+    /// The last user question; query-aware compressors rank content against it.
+    pub query: &'a str,
+    /// Tokens the output should not exceed.
+    pub target_tokens: usize,
+    pub tokenizer: Tokenizer,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    #[error("compressor `{compressor}` failed: {reason}")]
+    Failed {
+        compressor: &'static str,
+        reason: String,
+    },
+    #[error("compression exceeded its {0} ms deadline")]
+    Timeout(u64),
+}
+
+pub trait Compressor: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Whether fenced code blocks may be given to this compressor (otherwise they are kept intact).
+    fn handles_code(&self) -> bool {
+        false
+    }
+    /// Whether the output depends on the query (it then takes part in the cache key).
+    fn query_aware(&self) -> bool {
+        false
+    }
+    fn compress(&self, input: &CompressInput<'_>) -> Result<String, CompressError>;
+}
+
+/// Every built-in compressor, by config name.
+pub fn build(kind: CompressorKind) -> Arc<dyn Compressor> {
+    match kind {
+        CompressorKind::Identity => Arc::new(Identity),
+        CompressorKind::Truncate => Arc::new(Truncate),
+        CompressorKind::Extractive => Arc::new(Extractive::default()),
+    }
+}
+
+/// Parses a compressor name as written in config or in `x-condenser-compress`.
+pub fn kind_from_name(name: &str) -> Option<CompressorKind> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "identity" => Some(CompressorKind::Identity),
+        "truncate" => Some(CompressorKind::Truncate),
+        "extractive" => Some(CompressorKind::Extractive),
+        _ => None,
+    }
+}

@@ -1,0 +1,238 @@
+//! Applies compression to a chat request's messages: plan (policy), compress each prose piece
+//! through the cache within the route's deadline, write the results back. Any error or a missed
+//! deadline fails open: the messages are left as they were, and the event is counted and logged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::cache::{cache_key, CompressionCache};
+use super::policy::{plan, text_slots, Plan};
+use super::{build, CompressError, CompressInput, Compressor, Tokenizer};
+use crate::config::{CompressionSettings, CompressorKind};
+
+/// Pieces smaller than this are not worth a compressor call.
+const MIN_PIECE_TOKENS: usize = 24;
+/// Texts larger than this are compressed on the blocking pool so they cannot stall the
+/// proxy's I/O threads, and so the deadline can be enforced.
+const INLINE_LIMIT_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub requests_compressed: AtomicU64,
+    pub fail_open: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressionOutcome {
+    pub changed: bool,
+    pub tokens_before: usize,
+    pub tokens_after: usize,
+    /// Compressor name, or `off` when compression did not apply.
+    pub compressor: &'static str,
+    pub failed_open: bool,
+}
+
+pub struct Pipeline {
+    compressors: HashMap<CompressorKind, Arc<dyn Compressor>>,
+    cache: CompressionCache,
+    pub stats: PipelineStats,
+}
+
+impl Pipeline {
+    pub fn new(cache_bytes: u64) -> Self {
+        let compressors = [
+            CompressorKind::Identity,
+            CompressorKind::Truncate,
+            CompressorKind::Extractive,
+        ]
+        .into_iter()
+        .map(|k| (k, build(k)))
+        .collect();
+        Self {
+            compressors,
+            cache: CompressionCache::new(cache_bytes),
+            stats: PipelineStats::default(),
+        }
+    }
+
+    pub fn cache(&self) -> &CompressionCache {
+        &self.cache
+    }
+
+    /// Token count of all message text, for requests that are not compressed.
+    pub fn count_only(messages: &[Value], tokenizer: Tokenizer) -> CompressionOutcome {
+        let tokens: usize = messages
+            .iter()
+            .flat_map(|m| text_slots(m).into_iter().map(|(_, t)| tokenizer.count(t)))
+            .sum();
+        CompressionOutcome {
+            changed: false,
+            tokens_before: tokens,
+            tokens_after: tokens,
+            compressor: "off",
+            failed_open: false,
+        }
+    }
+
+    pub async fn apply(
+        &self,
+        messages: &mut [Value],
+        kind: CompressorKind,
+        settings: &CompressionSettings,
+        tokenizer: Tokenizer,
+    ) -> CompressionOutcome {
+        let Some(compressor) = self.compressors.get(&kind).cloned() else {
+            return Self::count_only(messages, tokenizer);
+        };
+        let plan = plan(
+            messages,
+            &settings.roles,
+            settings.min_tokens,
+            compressor.handles_code(),
+            tokenizer,
+        );
+        let mut outcome = CompressionOutcome {
+            changed: false,
+            tokens_before: plan.tokens_before,
+            tokens_after: plan.tokens_before,
+            compressor: compressor.name(),
+            failed_open: false,
+        };
+        if plan.targets.is_empty() {
+            return outcome;
+        }
+        let deadline = Duration::from_millis(settings.timeout_ms);
+        let work = self.compress_plan(&plan, compressor.clone(), settings.target_ratio, tokenizer);
+        let result = match tokio::time::timeout(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(CompressError::Timeout(settings.timeout_ms)),
+        };
+        match result {
+            Ok((texts, saved)) => {
+                for (target, text) in plan.targets.iter().zip(texts) {
+                    write_back(&mut messages[target.message], target.part, text);
+                }
+                outcome.changed = saved > 0;
+                outcome.tokens_after = plan.tokens_before.saturating_sub(saved);
+                self.stats
+                    .requests_compressed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.stats.fail_open.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(compressor = compressor.name(), %error, "compression failed open; forwarding the original");
+                outcome.failed_open = true;
+            }
+        }
+        outcome
+    }
+
+    /// Returns each target's new text and the tokens saved overall.
+    async fn compress_plan(
+        &self,
+        plan: &Plan,
+        compressor: Arc<dyn Compressor>,
+        ratio: f64,
+        tokenizer: Tokenizer,
+    ) -> Result<(Vec<String>, usize), CompressError> {
+        let mut saved = 0;
+        let mut texts = Vec::with_capacity(plan.targets.len());
+        for target in &plan.targets {
+            let mut text = String::new();
+            for piece in &target.pieces {
+                let tokens = if piece.compress {
+                    tokenizer.count(&piece.text)
+                } else {
+                    0
+                };
+                if !piece.compress || tokens < MIN_PIECE_TOKENS {
+                    text.push_str(&piece.text);
+                    continue;
+                }
+                let compressed = self
+                    .compress_piece(
+                        &piece.text,
+                        &plan.query,
+                        tokens,
+                        ratio,
+                        tokenizer,
+                        compressor.clone(),
+                    )
+                    .await?;
+                let after = tokenizer.count(&compressed);
+                if after < tokens {
+                    saved += tokens - after;
+                    text.push_str(&compressed);
+                    // Keep the piece's trailing line break so the next piece still starts on its own line.
+                    if piece.text.ends_with('\n') && !compressed.ends_with('\n') {
+                        text.push('\n');
+                    }
+                } else {
+                    text.push_str(&piece.text);
+                }
+            }
+            texts.push(text);
+        }
+        Ok((texts, saved))
+    }
+
+    async fn compress_piece(
+        &self,
+        text: &str,
+        query: &str,
+        tokens: usize,
+        ratio: f64,
+        tokenizer: Tokenizer,
+        compressor: Arc<dyn Compressor>,
+    ) -> Result<Arc<str>, CompressError> {
+        let ratio_bits = ratio.to_bits().to_le_bytes();
+        let query_part = if compressor.query_aware() {
+            query.as_bytes()
+        } else {
+            b""
+        };
+        let key = cache_key(&[
+            compressor.name().as_bytes(),
+            &ratio_bits,
+            tokenizer.name().as_bytes(),
+            query_part,
+            text.as_bytes(),
+        ]);
+        let target_tokens = ((tokens as f64) * ratio).floor().max(1.0) as usize;
+        let owned_text = text.to_string();
+        let owned_query = query.to_string();
+        self.cache
+            .get_or_compute(key, async move {
+                let run = move || {
+                    compressor.compress(&CompressInput {
+                        text: &owned_text,
+                        query: &owned_query,
+                        target_tokens,
+                        tokenizer,
+                    })
+                };
+                if text.len() <= INLINE_LIMIT_BYTES {
+                    run()
+                } else {
+                    tokio::task::spawn_blocking(run)
+                        .await
+                        .map_err(|e| CompressError::Failed {
+                            compressor: "pipeline",
+                            reason: e.to_string(),
+                        })?
+                }
+            })
+            .await
+    }
+}
+
+fn write_back(message: &mut Value, part: Option<usize>, text: String) {
+    match part {
+        None => message["content"] = Value::String(text),
+        Some(i) => message["content"][i]["text"] = Value::String(text),
+    }
+}

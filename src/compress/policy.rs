@@ -1,0 +1,221 @@
+//! Message-selection policy: which parts of a chat request may be compressed, and what the
+//! question is. Rules, in order:
+//! - only text (string `content` or `{"type":"text"}` parts) of the configured roles is touched;
+//!   images, audio, files, tool-call arguments and every other field are left as they are;
+//! - a message with fewer than `min_tokens` tokens of text is left whole;
+//! - the last user turn's question is never compressed and is the query for query-aware
+//!   compressors: a short last user message is the question; in a long one, the final paragraph
+//!   (or, lacking paragraphs, the final line or sentence) is the question and stays verbatim;
+//! - fenced code blocks stay intact unless the compressor handles code.
+
+use serde_json::Value;
+
+use super::text::{final_paragraph_start, sentences, split_code_fences};
+use super::Tokenizer;
+use crate::config::Role;
+
+/// One span of a message's text after planning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub text: String,
+    pub compress: bool,
+}
+
+/// A text slot of one message that has something to compress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanTarget {
+    pub message: usize,
+    /// Index in the `content` array, or `None` when `content` is a string.
+    pub part: Option<usize>,
+    pub pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub query: String,
+    pub targets: Vec<PlanTarget>,
+    /// Tokens of all message text in the request, compressible or not.
+    pub tokens_before: usize,
+}
+
+pub fn role_of(message: &Value) -> Option<Role> {
+    match message.get("role")?.as_str()? {
+        "system" => Some(Role::System),
+        "developer" => Some(Role::Developer),
+        "user" => Some(Role::User),
+        "assistant" => Some(Role::Assistant),
+        "tool" | "function" => Some(Role::Tool),
+        _ => None,
+    }
+}
+
+/// The text slots of a message: `(part index, text)`.
+pub fn text_slots(message: &Value) -> Vec<(Option<usize>, &str)> {
+    match message.get("content") {
+        Some(Value::String(s)) => vec![(None, s.as_str())],
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|(i, p)| Some((Some(i), p.get("text")?.as_str()?)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Byte offset where the question at the end of a long user message starts.
+fn question_start(text: &str) -> usize {
+    let paragraph = final_paragraph_start(text);
+    if paragraph > 0 {
+        return paragraph;
+    }
+    let body = text.trim_end();
+    if let Some(newline) = body.rfind('\n') {
+        return newline + 1;
+    }
+    sentences(body).last().map_or(0, |s| s.start)
+}
+
+pub fn plan(
+    messages: &[Value],
+    roles: &[Role],
+    min_tokens: usize,
+    handles_code: bool,
+    tokenizer: Tokenizer,
+) -> Plan {
+    let last_user = messages
+        .iter()
+        .rposition(|m| role_of(m) == Some(Role::User));
+    let mut out = Plan::default();
+    for (index, message) in messages.iter().enumerate() {
+        let slots = text_slots(message);
+        let counts: Vec<usize> = slots.iter().map(|(_, t)| tokenizer.count(t)).collect();
+        let total: usize = counts.iter().sum();
+        out.tokens_before += total;
+        let is_last_user = Some(index) == last_user;
+        let long_enough = total >= min_tokens && total > 0;
+        if is_last_user && !long_enough {
+            out.query = slots.iter().map(|(_, t)| *t).collect::<Vec<_>>().join("\n");
+        }
+        let Some(role) = role_of(message) else {
+            continue;
+        };
+        if !roles.contains(&role) || !long_enough {
+            continue;
+        }
+        let last_slot = slots.len().saturating_sub(1);
+        for (slot_index, (part, text)) in slots.iter().enumerate() {
+            let (body, question) = if is_last_user && slot_index == last_slot {
+                text.split_at(question_start(text))
+            } else {
+                (*text, "")
+            };
+            if is_last_user && slot_index == last_slot {
+                out.query = question.trim().to_string();
+            }
+            let mut pieces: Vec<Piece> = split_code_fences(body)
+                .into_iter()
+                .map(|b| Piece {
+                    text: body[b.span].to_string(),
+                    compress: !b.is_code || handles_code,
+                })
+                .collect();
+            if !question.is_empty() {
+                pieces.push(Piece {
+                    text: question.to_string(),
+                    compress: false,
+                });
+            }
+            if pieces
+                .iter()
+                .any(|p| p.compress && !p.text.trim().is_empty())
+            {
+                out.targets.push(PlanTarget {
+                    message: index,
+                    part: *part,
+                    pieces,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const DEFAULT_ROLES: &[Role] = &[Role::System, Role::Developer, Role::User, Role::Tool];
+
+    fn long(word: &str) -> String {
+        format!("{word} sentence number one. ").repeat(30)
+    }
+
+    #[test]
+    fn separate_question_message_is_the_query_and_untouched() {
+        let messages = vec![
+            json!({"role": "system", "content": long("System")}),
+            json!({"role": "user", "content": long("Document")}),
+            json!({"role": "assistant", "content": long("Answer")}),
+            json!({"role": "user", "content": "Which document?"}),
+        ];
+        let p = plan(&messages, DEFAULT_ROLES, 50, false, Tokenizer::O200k);
+        assert_eq!(p.query, "Which document?");
+        let touched: Vec<usize> = p.targets.iter().map(|t| t.message).collect();
+        assert_eq!(
+            touched,
+            vec![0, 1],
+            "assistant and the question are not touched"
+        );
+    }
+
+    #[test]
+    fn question_at_end_of_long_message_is_kept_verbatim() {
+        let text = format!("{}\n\nWhat does the document say?", long("Document"));
+        let messages = vec![json!({"role": "user", "content": text})];
+        let p = plan(&messages, DEFAULT_ROLES, 50, false, Tokenizer::O200k);
+        assert_eq!(p.query, "What does the document say?");
+        let pieces = &p.targets[0].pieces;
+        let last = pieces.last().expect("pieces");
+        assert_eq!(last.text, "What does the document say?");
+        assert!(!last.compress);
+        assert!(pieces[0].compress);
+    }
+
+    #[test]
+    fn short_messages_images_tool_calls_and_code_are_left_alone() {
+        let code = "```python\nprint('hi')\n```\n";
+        let messages = vec![
+            json!({"role": "system", "content": "Be brief."}),
+            json!({"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "text", "text": format!("{}\n{}{}", long("Doc"), code, long("More"))}
+            ]}),
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": long("arg")}}
+            ]}),
+            json!({"role": "tool", "tool_call_id": "c1", "content": long("Result")}),
+            json!({"role": "user", "content": "And?"}),
+        ];
+        let p = plan(&messages, DEFAULT_ROLES, 50, false, Tokenizer::Cl100k);
+        let touched: Vec<(usize, Option<usize>)> =
+            p.targets.iter().map(|t| (t.message, t.part)).collect();
+        assert_eq!(touched, vec![(1, Some(1)), (3, None)]);
+        let code_piece = p.targets[0]
+            .pieces
+            .iter()
+            .find(|piece| piece.text == code)
+            .expect("code block is its own piece");
+        assert!(!code_piece.compress);
+        let with_code = plan(&messages, DEFAULT_ROLES, 50, true, Tokenizer::Cl100k);
+        assert!(with_code.targets[0].pieces.iter().all(|p| p.compress));
+    }
+
+    #[test]
+    fn single_paragraph_question_falls_back_to_last_line_then_sentence() {
+        assert_eq!(question_start("line one\nline two?"), 9);
+        let text = "First sentence here. Second one. Is it the third?";
+        assert_eq!(&text[question_start(text)..], "Is it the third?");
+    }
+}

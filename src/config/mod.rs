@@ -1,0 +1,76 @@
+//! Configuration: `proxy.toml` plus `CONDENSER__SECTION__KEY` environment overrides, parsed
+//! strictly (unknown keys rejected, errors name the key path), then validated across fields into
+//! the runtime types the proxy uses.
+
+mod raw;
+mod validate;
+
+use std::path::Path;
+
+pub use raw::UpstreamKind;
+pub use raw::{CompressorKind, RawCompression, RawConfig, RawRoute, RawServer, RawUpstream, Role};
+pub use validate::{CompressionSettings, Config, Route, ServerSettings, UpstreamSettings};
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads the file, applies environment overrides, and validates.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let raw = load_raw(path)?;
+    validate::validate(raw)
+}
+
+/// Reads the file and applies environment overrides, without cross-field validation.
+pub fn load_raw(path: &Path) -> Result<RawConfig, ConfigError> {
+    let read_error = |reason: String| ConfigError::Read {
+        path: path.display().to_string(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(read_error("no such file".into()));
+    }
+    let merged = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("CONDENSER")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| read_error(e.to_string()))?;
+    let tree: serde_json::Value = merged
+        .try_deserialize()
+        .map_err(|e| read_error(e.to_string()))?;
+    from_tree(tree)
+}
+
+/// Parses an already merged tree; the error names the key path (`routes[0].compression.x`).
+pub fn from_tree(tree: serde_json::Value) -> Result<RawConfig, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::invalid(key, e.into_inner().to_string())
+    })
+}
+
+/// Parses TOML text (used by tests and `condenser check` on snippets).
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+    let tree: serde_json::Value =
+        toml::from_str(text).map_err(|e| ConfigError::invalid("<toml>", e.to_string()))?;
+    validate::validate(from_tree(tree)?)
+}

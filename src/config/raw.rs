@@ -1,0 +1,133 @@
+//! The configuration file's shape, exactly as written in `proxy.toml`: strict (unknown keys are
+//! errors), with the defaults a user gets for every key left out.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    /// Largest request body accepted, in bytes; bigger ones get 413.
+    pub max_body_bytes: usize,
+    /// Route used when neither the header nor the model selects one.
+    pub default_route: Option<String>,
+    /// Worker threads of the proxy service (0 = one per core).
+    pub threads: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub grace_period_seconds: u64,
+    /// Bytes of compressed text kept in the compression cache.
+    pub compression_cache_bytes: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8787".into(),
+            max_body_bytes: 32 * 1024 * 1024,
+            default_route: None,
+            threads: 0,
+            grace_period_seconds: 5,
+            compression_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// Any OpenAI-compatible API: OpenAI, vLLM, llama-server, OpenRouter, ...
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub kind: UpstreamKind,
+    pub base_url: String,
+    /// Name of the environment variable holding the key; the key itself never goes in the file.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the response header and between two body reads.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_timeout_ms() -> u64 {
+    600_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    /// Glob patterns on the request's `model`.
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub compression: RawCompression,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressorKind {
+    Identity,
+    Truncate,
+    Extractive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCompression {
+    pub enabled: bool,
+    pub compressor: CompressorKind,
+    /// Messages with fewer tokens than this are never touched.
+    pub min_tokens: usize,
+    /// Compressed / original tokens the compressor aims for.
+    pub target_ratio: f64,
+    /// Message roles whose text may be compressed.
+    pub roles: Vec<Role>,
+    /// Longest a compressor may take before the original request is forwarded.
+    pub timeout_ms: u64,
+}
+
+impl Default for RawCompression {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            compressor: CompressorKind::Extractive,
+            min_tokens: 512,
+            target_ratio: 0.35,
+            roles: vec![Role::System, Role::Developer, Role::User, Role::Tool],
+            timeout_ms: 250,
+        }
+    }
+}

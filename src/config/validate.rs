@@ -1,0 +1,247 @@
+//! Cross-field validation: turns a parsed [`RawConfig`] into runtime types, rejecting
+//! configurations that parse but cannot work (a route naming a missing upstream, a ratio of 1.5).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::raw::{CompressorKind, RawCompression, RawConfig, Role, UpstreamKind};
+use super::ConfigError;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub upstreams: Vec<UpstreamSettings>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// Index into [`Config::routes`].
+    pub default_route: Option<usize>,
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub compression_cache_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub name: String,
+    pub kind: UpstreamKind,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix that replaces the client's `/v1` (e.g. `/v1`, `/api/v1`).
+    pub base_path: String,
+    pub api_key_env: Option<String>,
+    pub connect_timeout_ms: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub model_patterns: Vec<String>,
+    pub models: GlobSet,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub compression: CompressionSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressionSettings {
+    pub enabled: bool,
+    pub compressor: CompressorKind,
+    pub min_tokens: usize,
+    pub target_ratio: f64,
+    pub roles: Vec<Role>,
+    pub timeout_ms: u64,
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
+        ConfigError::invalid(
+            "server.listen",
+            format!("`{}` is not an IP:port address", raw.server.listen),
+        )
+    })?;
+    if raw.server.max_body_bytes == 0 {
+        return Err(ConfigError::invalid("server.max_body_bytes", "must be > 0"));
+    }
+
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    let mut names = HashSet::new();
+    for (i, up) in raw.upstreams.iter().enumerate() {
+        let key = |field: &str| format!("upstreams[{i}].{field}");
+        if !names.insert(up.name.as_str()) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("duplicate upstream `{}`", up.name),
+            ));
+        }
+        let (tls, host, port, base_path) = parse_base_url(&up.base_url)
+            .map_err(|reason| ConfigError::invalid(key("base_url"), reason))?;
+        if let Some(var) = &up.api_key_env {
+            if var.is_empty() || var.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    key("api_key_env"),
+                    "must be the name of an environment variable, not a key",
+                ));
+            }
+        }
+        if up.timeout_ms == 0 || up.connect_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                key("timeout_ms"),
+                "timeouts must be > 0",
+            ));
+        }
+        upstreams.push(UpstreamSettings {
+            name: up.name.clone(),
+            kind: up.kind,
+            tls,
+            host,
+            port,
+            base_path,
+            api_key_env: up.api_key_env.clone(),
+            connect_timeout_ms: up.connect_timeout_ms,
+            timeout_ms: up.timeout_ms,
+        });
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut route_names = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let key = |field: &str| format!("routes[{i}].{field}");
+        if !route_names.insert(r.name.as_str()) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("duplicate route `{}`", r.name),
+            ));
+        }
+        let upstream = upstreams
+            .iter()
+            .position(|u| u.name == r.upstream)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    key("upstream"),
+                    format!("no upstream named `{}`", r.upstream),
+                )
+            })?;
+        let mut globs = GlobSetBuilder::new();
+        for (j, pattern) in r.models.iter().enumerate() {
+            let glob = Glob::new(pattern).map_err(|e| {
+                ConfigError::invalid(format!("routes[{i}].models[{j}]"), e.to_string())
+            })?;
+            globs.add(glob);
+        }
+        let models = globs
+            .build()
+            .map_err(|e| ConfigError::invalid(key("models"), e.to_string()))?;
+        let compression =
+            validate_compression(&r.compression, &format!("routes[{i}].compression"))?;
+        routes.push(Route {
+            name: r.name.clone(),
+            model_patterns: r.models.clone(),
+            models,
+            upstream,
+            compression,
+        });
+    }
+
+    let default_route = match &raw.server.default_route {
+        None => None,
+        Some(name) => Some(routes.iter().position(|r| &r.name == name).ok_or_else(|| {
+            ConfigError::invalid("server.default_route", format!("no route named `{name}`"))
+        })?),
+    };
+
+    Ok(Config {
+        server: ServerSettings {
+            listen,
+            max_body_bytes: raw.server.max_body_bytes,
+            default_route,
+            threads: raw.server.threads,
+            grace_period_seconds: raw.server.grace_period_seconds,
+            compression_cache_bytes: raw.server.compression_cache_bytes,
+        },
+        upstreams,
+        routes,
+    })
+}
+
+fn validate_compression(
+    raw: &RawCompression,
+    key: &str,
+) -> Result<CompressionSettings, ConfigError> {
+    if !(raw.target_ratio > 0.0 && raw.target_ratio <= 1.0) {
+        return Err(ConfigError::invalid(
+            format!("{key}.target_ratio"),
+            format!("must be in (0, 1], got {}", raw.target_ratio),
+        ));
+    }
+    if raw.timeout_ms == 0 {
+        return Err(ConfigError::invalid(
+            format!("{key}.timeout_ms"),
+            "must be > 0",
+        ));
+    }
+    if raw.roles.is_empty() && raw.enabled {
+        return Err(ConfigError::invalid(
+            format!("{key}.roles"),
+            "compression is enabled but no role may be compressed",
+        ));
+    }
+    Ok(CompressionSettings {
+        enabled: raw.enabled,
+        compressor: raw.compressor,
+        min_tokens: raw.min_tokens,
+        target_ratio: raw.target_ratio,
+        roles: raw.roles.clone(),
+        timeout_ms: raw.timeout_ms,
+    })
+}
+
+/// `https://host[:port]/path` → (tls, host, port, path without trailing slash).
+fn parse_base_url(url: &str) -> Result<(bool, String, u16, String), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("`{url}` has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    if uri.query().is_some() {
+        return Err(format!("`{url}` must not carry a query string"));
+    }
+    Ok((tls, host, port, base_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_base_url;
+
+    #[test]
+    fn base_urls_split_into_parts() {
+        assert_eq!(
+            parse_base_url("https://api.openai.com/v1").ok(),
+            Some((true, "api.openai.com".into(), 443, "/v1".into()))
+        );
+        assert_eq!(
+            parse_base_url("http://127.0.0.1:8080/api/v1/").ok(),
+            Some((false, "127.0.0.1".into(), 8080, "/api/v1".into()))
+        );
+        assert!(parse_base_url("ftp://x/v1").is_err());
+    }
+}

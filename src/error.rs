@@ -1,0 +1,101 @@
+//! Client-visible errors: one enum, one table from variant to HTTP status and OpenAI error
+//! `type`/`code`, and the `{"error":{...}}` body every client of an OpenAI SDK knows how to read.
+
+use serde_json::json;
+
+/// An error answered to the client before any response byte was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("request body exceeds the {limit} byte limit")]
+    BodyTooLarge { limit: usize },
+    #[error("no route serves model `{0}`")]
+    NoRoute(String),
+    #[error("unknown route `{0}` in x-condenser-route")]
+    UnknownRoute(String),
+    #[error("unknown compressor `{0}` in x-condenser-compress")]
+    UnknownCompressor(String),
+    #[error("no such endpoint: {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("upstream `{upstream}` is unreachable: {reason}")]
+    UpstreamUnreachable { upstream: String, reason: String },
+    #[error("upstream `{upstream}` did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { upstream: String, timeout_ms: u64 },
+    #[error("upstream `{upstream}` failed: {reason}")]
+    UpstreamProtocol { upstream: String, reason: String },
+    #[error("the API key variable `{0}` configured for this upstream is not set")]
+    MissingApiKey(String),
+    #[error("client connection failed: {0}")]
+    Client(String),
+}
+
+impl ProxyError {
+    /// HTTP status, OpenAI error `type`, and machine-readable `code`.
+    pub fn classify(&self) -> (u16, &'static str, &'static str) {
+        match self {
+            Self::MalformedJson(_) => (400, "invalid_request_error", "invalid_json"),
+            Self::InvalidRequest(_) => (400, "invalid_request_error", "invalid_request"),
+            Self::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
+            Self::NoRoute(_) => (404, "invalid_request_error", "model_not_found"),
+            Self::UnknownRoute(_) => (400, "invalid_request_error", "unknown_route"),
+            Self::UnknownCompressor(_) => (400, "invalid_request_error", "unknown_compressor"),
+            Self::NotFound { .. } => (404, "invalid_request_error", "unknown_url"),
+            Self::UpstreamUnreachable { .. } => (502, "api_error", "upstream_unreachable"),
+            Self::UpstreamTimeout { .. } => (504, "api_error", "upstream_timeout"),
+            Self::UpstreamProtocol { .. } => (502, "api_error", "upstream_protocol_error"),
+            Self::MissingApiKey(_) => (500, "server_error", "upstream_key_missing"),
+            Self::Client(_) => (400, "invalid_request_error", "client_error"),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.classify().0
+    }
+
+    /// The OpenAI-shaped JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        let (_, kind, code) = self.classify();
+        let param = match self {
+            Self::NoRoute(_) => Some("model"),
+            _ => None,
+        };
+        json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})
+            .to_string()
+            .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_openai_shaped_and_names_the_model() {
+        let err = ProxyError::NoRoute("gpt-9".into());
+        assert_eq!(err.status(), 404);
+        let v: serde_json::Value = serde_json::from_slice(&err.body()).expect("json");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("gpt-9")));
+    }
+
+    #[test]
+    fn statuses_follow_the_table() {
+        assert_eq!(ProxyError::BodyTooLarge { limit: 1 }.status(), 413);
+        let timeout = ProxyError::UpstreamTimeout {
+            upstream: "u".into(),
+            timeout_ms: 5,
+        };
+        assert_eq!(timeout.status(), 504);
+        let down = ProxyError::UpstreamUnreachable {
+            upstream: "u".into(),
+            reason: "refused".into(),
+        };
+        assert_eq!(down.status(), 502);
+    }
+}

@@ -1,0 +1,11 @@
+//! condenser: an OpenAI-compatible proxy that compresses long LLM context before forwarding it.
+//!
+//! The library holds everything but the command line, so `condenser-eval` and the training
+//! binary reuse the same configuration, compressors and wire types as the proxy.
+
+pub mod compress;
+pub mod config;
+pub mod error;
+pub mod openai;
+pub mod routing;
+pub mod server;

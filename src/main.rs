@@ -1,0 +1,136 @@
+//! The `condenser` command: `serve` runs the proxy, `check` validates a configuration file.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pingora::connectors::http::Connector;
+use pingora::prelude::Server;
+use pingora::server::configuration::ServerConf;
+
+use condenser::config;
+use condenser::server::{AppState, Condenser};
+
+#[derive(Parser)]
+#[command(
+    name = "condenser",
+    version,
+    about = "OpenAI-compatible proxy that compresses long LLM context"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(long, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// Overrides `server.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration file and exit (0 when valid).
+    Check {
+        #[arg(long, default_value = "proxy.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen } => serve(&config, listen),
+        Command::Check { config } => check(&config),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = config::load(path)?;
+    for up in &cfg.upstreams {
+        if let Some(var) = &up.api_key_env {
+            if std::env::var_os(var).is_none() {
+                eprintln!(
+                    "warning: upstreams `{}`: environment variable {var} is not set",
+                    up.name
+                );
+            }
+        }
+    }
+    println!(
+        "{}: ok ({} upstreams, {} routes)",
+        path.display(),
+        cfg.upstreams.len(),
+        cfg.routes.len()
+    );
+    Ok(())
+}
+
+fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut cfg = config::load(path).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(addr) = listen {
+        cfg.server.listen = addr;
+    }
+    let listen = cfg.server.listen;
+    let threads = if cfg.server.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.server.threads
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(cfg.server.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.grace_period_seconds.max(1)),
+        ..ServerConf::default()
+    };
+    let connector = Connector::new(Some(
+        pingora::connectors::ConnectorOptions::from_server_conf(&conf),
+    ));
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let state = Arc::new(AppState::new(cfg, connector));
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Condenser::new(state),
+        "condenser",
+    );
+    service.add_tcp(&listen.to_string());
+    server.add_service(service);
+    announce_when_listening(listen);
+    tracing::info!(%listen, threads, "starting condenser");
+    server.run_forever()
+}
+
+/// Prints `listening on ADDR` once the socket accepts connections (pingora binds inside
+/// `run_forever`, so readiness is observed from outside).
+fn announce_when_listening(addr: SocketAddr) {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                println!("listening on {addr}");
+                let _ = std::io::stdout().flush();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("error: {addr} did not start accepting connections within 60 s");
+    });
+}

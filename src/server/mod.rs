@@ -1,0 +1,245 @@
+//! The pingora service. Every request is answered in `request_filter` (which returns `Ok(true)`):
+//! pingora picks the upstream peer before any body hook runs, but condenser must read the body to
+//! route on `model` and to compress, so it reads the body itself and forwards over a pooled
+//! connector (see DESIGN.md). Phases, in order, per request:
+//! 1. `request_filter` dispatches on method and path (`/healthz`, `GET /v1/models`,
+//!    `POST /v1/chat/completions`, any other `/v1/*` passed through);
+//! 2. the handler reads the body, routes, compresses (chat only), forwards and relays the reply;
+//! 3. `logging` writes one structured access line (no bodies, no keys).
+
+mod body;
+mod chat;
+mod passthrough;
+mod respond;
+pub mod upstream;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType};
+use serde_json::json;
+
+use crate::compress::Pipeline;
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::routing::Router;
+use upstream::{ExchangeError, Upstream};
+
+/// Everything a request needs, built once at start-up.
+pub struct AppState {
+    pub config: Config,
+    pub router: Router,
+    pub upstreams: Vec<Upstream>,
+    pub pipeline: Pipeline,
+    pub connector: Connector,
+}
+
+impl AppState {
+    pub fn new(config: Config, connector: Connector) -> Self {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(Upstream::new)
+            .collect();
+        let router = Router::new(config.routes.clone(), config.server.default_route);
+        let pipeline = Pipeline::new(config.server.compression_cache_bytes);
+        Self {
+            config,
+            router,
+            upstreams,
+            pipeline,
+            connector,
+        }
+    }
+}
+
+pub struct Condenser {
+    state: Arc<AppState>,
+}
+
+impl Condenser {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+/// Per-request facts for the access log.
+pub struct RequestLog {
+    start: Instant,
+    status: u16,
+    route: Option<String>,
+    compressor: Option<&'static str>,
+    tokens: Option<(usize, usize)>,
+    error: Option<String>,
+}
+
+pub(crate) fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+}
+
+impl Condenser {
+    async fn dispatch(
+        &self,
+        session: &mut Session,
+        log: &mut RequestLog,
+    ) -> Result<(), ExchangeError> {
+        let state = &self.state;
+        let method = session.req_header().method.as_str().to_string();
+        let path = session.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => {
+                let body = json!({
+                    "status": "ok",
+                    "compression": {
+                        "requests_compressed": state.pipeline.stats.requests_compressed.load(Ordering::Relaxed),
+                        "fail_open": state.pipeline.stats.fail_open.load(Ordering::Relaxed),
+                        "cache_hits": state.pipeline.cache().hits(),
+                        "cache_misses": state.pipeline.cache().misses(),
+                    }
+                });
+                self.reply(session, log, 200, body.to_string().into_bytes())
+                    .await
+            }
+            ("GET", "/v1/models") => {
+                let body = models_body(&state.config);
+                self.reply(session, log, 200, body).await
+            }
+            ("POST", "/v1/chat/completions") => chat::handle(state, session, log).await,
+            (_, p) if p.starts_with("/v1/") => passthrough::handle(state, session, log).await,
+            _ => Err(ExchangeError::BeforeResponse(ProxyError::NotFound {
+                method,
+                path,
+            })),
+        }
+    }
+
+    async fn reply(
+        &self,
+        session: &mut Session,
+        log: &mut RequestLog,
+        status: u16,
+        body: Vec<u8>,
+    ) -> Result<(), ExchangeError> {
+        log.status = status;
+        respond::json(session, status, body)
+            .await
+            .map_err(|e| ExchangeError::AfterResponse(e.to_string()))
+    }
+}
+
+/// `GET /v1/models`: the literal model names routes serve. Glob patterns cannot be listed.
+fn models_body(config: &Config) -> Vec<u8> {
+    let mut seen = std::collections::HashSet::new();
+    let data: Vec<_> = config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            let owner = config.upstreams[r.upstream].name.clone();
+            r.model_patterns
+                .iter()
+                .filter(|m| !m.contains(['*', '?', '[', '{']))
+                .map(move |m| (m.clone(), owner.clone()))
+        })
+        .filter(|(m, _)| seen.insert(m.clone()))
+        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
+        .collect();
+    json!({"object": "list", "data": data})
+        .to_string()
+        .into_bytes()
+}
+
+#[async_trait]
+impl ProxyHttp for Condenser {
+    type CTX = RequestLog;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestLog {
+            start: Instant::now(),
+            status: 0,
+            route: None,
+            compressor: None,
+            tokens: None,
+            error: None,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        // Unreachable: request_filter answers every request.
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "no proxy-state-machine path",
+        ))
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<bool> {
+        match self.dispatch(session, ctx).await {
+            Ok(()) => Ok(true),
+            Err(ExchangeError::BeforeResponse(err)) => {
+                ctx.status = err.status();
+                ctx.error = Some(err.to_string());
+                respond::error(session, &err).await?;
+                Ok(true)
+            }
+            Err(ExchangeError::AfterResponse(reason)) => {
+                ctx.error = Some(reason.clone());
+                // The response has started: closing the connection is the only way to tell the
+                // client the body is incomplete.
+                session.set_keepalive(None);
+                Err(Error::explain(ErrorType::WriteError, reason))
+            }
+        }
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut Self::CTX,
+    ) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        if session.response_written().is_none() {
+            let err = ProxyError::Client(e.etype().as_str().to_string());
+            let _ = respond::error(session, &err).await;
+        }
+        FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        let (tokens_before, tokens_after) = ctx.tokens.unwrap_or((0, 0));
+        tracing::info!(
+            method = %session.req_header().method,
+            path = %session.req_header().uri.path(),
+            status = ctx.status,
+            route = ctx.route.as_deref().unwrap_or("-"),
+            compressor = ctx.compressor.unwrap_or("-"),
+            tokens_before,
+            tokens_after,
+            elapsed_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            error = ctx.error.as_deref().unwrap_or(""),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! Every other `/v1/*` endpoint (embeddings, files, audio, responses, ...): forwarded unchanged to
+//! the route's upstream. The body is read whole (under the same cap) so a JSON `model` can pick
+//! the route and a stale pooled connection can be retried safely.
+
+use pingora::proxy::Session;
+
+use super::chat::path_and_query;
+use super::upstream::ExchangeError;
+use super::{body, header_str, AppState, RequestLog};
+
+pub async fn handle(
+    state: &AppState,
+    session: &mut Session,
+    log: &mut RequestLog,
+) -> Result<(), ExchangeError> {
+    let before = ExchangeError::BeforeResponse;
+    let raw = body::read_whole(session, state.config.server.max_body_bytes)
+        .await
+        .map_err(before)?;
+    let model = model_of(&raw);
+    let route_index = state
+        .router
+        .select(header_str(session, "x-condenser-route"), model.as_deref())
+        .map_err(before)?;
+    let route = state.router.route(route_index);
+    log.route = Some(route.name.clone());
+    let upstream = &state.upstreams[route.upstream];
+    let path = upstream.upstream_path(&path_and_query(session));
+    let header = upstream
+        .request_header(session.req_header(), &path, raw.len(), true)
+        .map_err(before)?;
+    let extra = [("x-condenser-route", route.name.clone())];
+    log.status = upstream
+        .exchange(&state.connector, session, header, raw, &extra)
+        .await?;
+    Ok(())
+}
+
+/// The `model` of a JSON body, when there is one.
+fn model_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithModel {
+        model: String,
+    }
+    if body.first().is_some_and(|b| *b == b'{') {
+        serde_json::from_slice::<WithModel>(body)
+            .ok()
+            .map(|w| w.model)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,27 @@
+//! Writing complete responses the proxy produces itself (health, model list, errors): one header
+//! with `Content-Length`, one body write, so small answers leave in one segment.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use crate::error::ProxyError;
+
+pub async fn json(session: &mut Session, status: u16, body: Vec<u8>) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+}
+
+/// Answers an error as OpenAI-shaped JSON. After a 413 the unread body makes the connection
+/// unusable, so it is closed.
+pub async fn error(session: &mut Session, err: &ProxyError) -> pingora::Result<()> {
+    if matches!(err, ProxyError::BodyTooLarge { .. }) {
+        session.set_keepalive(None);
+    }
+    json(session, err.status(), err.body()).await
+}
