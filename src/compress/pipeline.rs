@@ -166,11 +166,10 @@ impl Pipeline {
                 let after = tokenizer.count(&compressed);
                 if after < tokens {
                     saved += tokens - after;
-                    text.push_str(&compressed);
-                    // Keep the piece's trailing line break so the next piece still starts on its own line.
-                    if piece.text.ends_with('\n') && !compressed.ends_with('\n') {
-                        text.push('\n');
-                    }
+                    // Keep the piece's own trailing whitespace, so the next piece (a code block,
+                    // the question) still starts on its own line or paragraph.
+                    text.push_str(compressed.trim_end());
+                    text.push_str(&piece.text[piece.text.trim_end().len()..]);
                 } else {
                     text.push_str(&piece.text);
                 }

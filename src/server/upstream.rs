@@ -211,6 +211,8 @@ impl Upstream {
                 .get_http_session(&peer)
                 .await
                 .map_err(|e| before(self.classify(&e)))?;
+            up.set_read_timeout(peer.options.read_timeout);
+            up.set_write_timeout(peer.options.write_timeout);
             let sent: pingora::Result<()> = async {
                 up.write_request_header(Box::new(request.clone())).await?;
                 up.write_request_body(body.clone(), true).await?;

@@ -1,0 +1,334 @@
+//! Test harness: a mock OpenAI upstream that records what it receives and answers in OpenAI's
+//! wire format (JSON and SSE), and a launcher for the real `condenser` binary with a temp config.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("recorded body is JSON")
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii").to_string())
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct MockState {
+    pub received: Arc<Mutex<Vec<Recorded>>>,
+    /// `model: "gated"` streams its first event, then waits for this before the rest.
+    pub gate: Arc<Notify>,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub state: MockState,
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        let state = MockState::default();
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .fallback(any(echo))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("mock serve");
+        });
+        Self { addr, state }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Recorded> {
+        self.state.received.lock().expect("lock").clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.received()
+            .last()
+            .cloned()
+            .expect("upstream received a request")
+    }
+}
+
+fn record(state: &MockState, uri: &Uri, headers: &HeaderMap, body: &Bytes) {
+    state.received.lock().expect("lock").push(Recorded {
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_string(), |p| p.to_string()),
+        headers: headers.clone(),
+        body: body.clone(),
+    });
+}
+
+async fn echo(
+    State(state): State<MockState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&state, &uri, &headers, &body);
+    let out = json!({"object": "list", "path": uri.path(), "received_bytes": body.len(),
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]});
+    axum::Json(out).into_response()
+}
+
+fn completion(model: &str, message: Value, finish: &str) -> Value {
+    json!({
+        "id": "chatcmpl-mock1", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+    })
+}
+
+fn chunk(model: &str, delta: Value, finish: Option<&str>) -> String {
+    let c = json!({"id": "chatcmpl-mock1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+    format!("data: {c}\n\n")
+}
+
+fn tool_call_message() -> Value {
+    json!({"role": "assistant", "content": null, "tool_calls": [{
+        "id": "call_abc123", "type": "function",
+        "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
+}
+
+async fn chat(
+    State(state): State<MockState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&state, &uri, &headers, &body);
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = request["model"].as_str().unwrap_or("").to_string();
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    let messages = request["messages"].as_array().map_or(0, Vec::len);
+    match model.as_str() {
+        "fail" => {
+            let err = json!({"error": {"message": "Rate limit reached for requests", "type": "requests",
+                "param": null, "code": "rate_limit_exceeded"}});
+            return (StatusCode::TOO_MANY_REQUESTS, axum::Json(err)).into_response();
+        }
+        "slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+        _ => {}
+    }
+    let tools = model == "tools";
+    if !stream {
+        let message = if tools {
+            tool_call_message()
+        } else {
+            json!({"role": "assistant", "content": format!("received {messages} messages"), "refusal": null})
+        };
+        return axum::Json(completion(
+            &model,
+            message,
+            if tools { "tool_calls" } else { "stop" },
+        ))
+        .into_response();
+    }
+    let include_usage = request["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
+    let gate = state.gate.clone();
+    tokio::spawn(async move {
+        let send = |s: String| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(Bytes::from(s))).await.is_ok() }
+        };
+        send(chunk(
+            &model,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ))
+        .await;
+        if model == "gated" {
+            gate.notified().await;
+        }
+        if tools {
+            let call = json!({"tool_calls": [{"index": 0, "id": "call_abc123", "type": "function",
+                "function": {"name": "get_weather", "arguments": ""}}]});
+            send(chunk(&model, call, None)).await;
+            for part in ["{\"city\":", "\"Paris\"}"] {
+                let delta = json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]});
+                send(chunk(&model, delta, None)).await;
+            }
+            send(chunk(&model, json!({}), Some("tool_calls"))).await;
+        } else {
+            for word in ["Hello", " from", " the", " mock"] {
+                send(chunk(&model, json!({"content": word}), None)).await;
+            }
+            send(chunk(&model, json!({}), Some("stop"))).await;
+        }
+        if include_usage {
+            let usage = json!({"id": "chatcmpl-mock1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                "model": model, "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}});
+            send(format!("data: {usage}\n\n")).await;
+        }
+        send("data: [DONE]\n\n".to_string()).await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .expect("response")
+}
+
+/// A running `condenser serve`, killed on drop.
+pub struct Condenser {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+    stderr_path: std::path::PathBuf,
+}
+
+impl Condenser {
+    pub fn start(config: &str) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, config).expect("write config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_condenser"));
+        command
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args(["--listen", &addr.to_string()])
+            .env("RUST_LOG", "debug,pingora_core=warn,pingora_proxy=warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn condenser");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("listening on") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("condenser printed `listening on` within 30 s");
+        assert_eq!(line, format!("listening on {addr}"));
+        Self {
+            addr,
+            child,
+            _dir: dir,
+            stderr_path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Condenser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config with one OpenAI-compatible upstream and one catch-all route.
+pub fn config(upstream_base_url: &str, extra_server: &str, compression: &str) -> String {
+    format!(
+        r#"
+[server]
+threads = 1
+grace_period_seconds = 0
+{extra_server}
+
+[[upstreams]]
+name = "mock"
+kind = "openai"
+base_url = "{upstream_base_url}"
+timeout_ms = 2000
+
+[[routes]]
+name = "main"
+models = ["*"]
+upstream = "mock"
+
+[routes.compression]
+{compression}
+"#
+    )
+}
+
+/// A long, realistic document: many unrelated paragraphs and one that answers the question.
+pub fn long_document() -> String {
+    let mut doc = String::new();
+    let topics = [
+        "The river delta supports a large population of migratory birds during the winter months.",
+        "Local farmers rotate wheat and barley to keep the soil productive across the seasons.",
+        "The old railway station was converted into a museum of industrial history in 1987.",
+        "A regional orchestra performs in the cathedral every summer, drawing visitors from abroad.",
+        "Engineers reinforced the northern bridge after inspections found corrosion in its cables.",
+    ];
+    for i in 0..40 {
+        doc.push_str(&format!("Section {i}. "));
+        for t in topics {
+            doc.push_str(t);
+            doc.push(' ');
+        }
+        doc.push_str("\n\n");
+        if i == 23 {
+            doc.push_str("The lighthouse keeper, Marguerite Okonkwo, lit the lamp for the first time on 14 March 1896.\n\n");
+        }
+    }
+    doc
+}
