@@ -24,8 +24,8 @@ pub struct Extractive {
 impl Default for Extractive {
     fn default() -> Self {
         Self {
-            paragraph_weight: 0.6,
-            expansion_weight: 0.35,
+            paragraph_weight: 2.5,
+            expansion_weight: 0.5,
             lead_bonus: 0.15,
         }
     }
