@@ -8,11 +8,15 @@ const COMPLETION: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","c
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18001".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18001".into());
     let app = Router::new()
         .route(
             "/v1/chat/completions",
-            post(|_body: axum::body::Bytes| async { ([("content-type", "application/json")], COMPLETION) }),
+            post(|_body: axum::body::Bytes| async {
+                ([("content-type", "application/json")], COMPLETION)
+            }),
         )
         .layer(axum::extract::DefaultBodyLimit::disable());
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
