@@ -1,6 +1,6 @@
 //! The `condenser` command: `serve` runs the proxy, `check` validates a configuration file.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,6 +83,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
                 .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut cfg = config::load(path).with_context(|| format!("loading {}", path.display()))?;
     if let Some(addr) = listen {

@@ -364,8 +364,19 @@ async fn configured_key_replaces_the_client_key_and_never_reaches_the_log() {
         mock.last().header("authorization"),
         Some(format!("Bearer {secret}"))
     );
-    let logs = proxy.logs();
-    assert!(logs.contains("request"), "access log written: {logs}");
+    // The access line is written after the response has left, so wait for it.
+    let mut logs = proxy.logs();
+    for _ in 0..50 {
+        if logs.contains("path=/v1/chat/completions status=200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        logs = proxy.logs();
+    }
+    assert!(
+        logs.contains("path=/v1/chat/completions status=200"),
+        "access log written: {logs}"
+    );
     assert!(!logs.contains(secret), "key leaked into logs");
     assert!(!logs.contains("client-key"), "client key leaked into logs");
 }

@@ -1,0 +1,85 @@
+//! `condenser check`: exit 0 on a valid file (the shipped proxy.toml included); otherwise a
+//! non-zero exit and a message naming the offending key, environment overrides included.
+
+use std::process::{Command, Output};
+
+fn check(config: &str, env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).expect("write");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_condenser"));
+    cmd.args(["check", "--config"]).arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run condenser check")
+}
+
+fn shipped() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).expect("proxy.toml")
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let out = check(&shipped(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases = [
+        (
+            shipped().replace("target_ratio = 0.35", "target_ratio = 1.5"),
+            "routes[0].compression.target_ratio",
+        ),
+        (
+            shipped().replace("min_tokens = 512", "min_tokens = \"many\""),
+            "routes[0].compression.min_tokens",
+        ),
+        (
+            shipped().replace("compressor = \"extractive\"", "compressor = \"zip\""),
+            "routes[0].compression.compressor",
+        ),
+        (
+            shipped().replace("upstream = \"openai\"", "upstream = \"missing\""),
+            "routes[0].upstream",
+        ),
+        (
+            shipped().replace("[server]", "[server]\nlisten_port = 1"),
+            "server.listen_port",
+        ),
+        (
+            shipped().replace("https://api.openai.com/v1", "api.openai.com"),
+            "upstreams[0].base_url",
+        ),
+    ];
+    for (config, key) in cases {
+        let out = check(&config, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "accepted a config that should fail on {key}"
+        );
+        assert!(stderr.contains(key), "`{stderr}` does not name {key}");
+    }
+}
+
+#[test]
+fn environment_overrides_apply_and_are_validated() {
+    let out = check(
+        &shipped(),
+        &[("CONDENSER__SERVER__LISTEN", "not-an-address")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
+    let out = check(&shipped(), &[("CONDENSER__SERVER__MAX_BODY_BYTES", "1024")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
