@@ -26,8 +26,6 @@ pub enum ProxyError {
     UpstreamTimeout { upstream: String, timeout_ms: u64 },
     #[error("upstream `{upstream}` failed: {reason}")]
     UpstreamProtocol { upstream: String, reason: String },
-    #[error("the API key variable `{0}` configured for this upstream is not set")]
-    MissingApiKey(String),
     #[error("client connection failed: {0}")]
     Client(String),
 }
@@ -46,7 +44,6 @@ impl ProxyError {
             Self::UpstreamUnreachable { .. } => (502, "api_error", "upstream_unreachable"),
             Self::UpstreamTimeout { .. } => (504, "api_error", "upstream_timeout"),
             Self::UpstreamProtocol { .. } => (502, "api_error", "upstream_protocol_error"),
-            Self::MissingApiKey(_) => (500, "server_error", "upstream_key_missing"),
             Self::Client(_) => (400, "invalid_request_error", "client_error"),
         }
     }

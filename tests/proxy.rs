@@ -417,3 +417,25 @@ async fn compressor_timeout_fails_open_to_the_original() {
         .expect("json");
     assert_eq!(health["compression"]["fail_open"], 1);
 }
+
+#[tokio::test]
+async fn unset_key_variable_forwards_the_client_authorization() {
+    let mock = MockUpstream::start().await;
+    let cfg = config(&mock.base_url(), "", "enabled = false").replace(
+        "timeout_ms = 2000",
+        "timeout_ms = 2000\napi_key_env = \"CONDENSER_TEST_UNSET_KEY_VARIABLE\"",
+    );
+    let proxy = Condenser::start(&cfg);
+    let resp = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("authorization", "Bearer client-key")
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        mock.last().header("authorization").as_deref(),
+        Some("Bearer client-key")
+    );
+}

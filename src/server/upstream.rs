@@ -51,12 +51,22 @@ pub enum ExchangeError {
 }
 
 impl Upstream {
+    /// Reads the key from `api_key_env` once. When that variable is unset, the client's own
+    /// `Authorization` is forwarded instead (with a start-up warning), so a developer can run the
+    /// shipped `proxy.toml` with their SDK's key.
     pub fn new(settings: UpstreamSettings) -> Self {
         let api_key = settings
             .api_key_env
             .as_deref()
             .and_then(|var| std::env::var(var).ok())
             .filter(|k| !k.is_empty());
+        if let (Some(var), None) = (&settings.api_key_env, &api_key) {
+            tracing::warn!(
+                upstream = %settings.name,
+                variable = %var,
+                "API key variable not set; forwarding the client's Authorization header"
+            );
+        }
         Self {
             settings,
             api_key,
@@ -149,7 +159,7 @@ impl Upstream {
                 || matches!(n, "host" | "content-length" | "expect")
                 || n.starts_with("x-condenser-")
                 || (n == "accept-encoding" && !keep_accept_encoding)
-                || (n == "authorization" && self.settings.api_key_env.is_some());
+                || (n == "authorization" && self.api_key.is_some());
             if !skip {
                 let _ = req.append_header(name.clone(), value.clone());
             }
@@ -159,11 +169,7 @@ impl Upstream {
             .map_err(invalid)?;
         req.insert_header("content-length", body_len.to_string())
             .map_err(invalid)?;
-        if let Some(var) = &self.settings.api_key_env {
-            let key = self
-                .api_key
-                .as_ref()
-                .ok_or_else(|| ProxyError::MissingApiKey(var.clone()))?;
+        if let Some(key) = &self.api_key {
             req.insert_header("authorization", format!("Bearer {key}"))
                 .map_err(invalid)?;
         }
