@@ -7,5 +7,6 @@ pub mod compress;
 pub mod config;
 pub mod error;
 pub mod openai;
+pub mod providers;
 pub mod routing;
 pub mod server;

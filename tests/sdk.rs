@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{config, Condenser, MockUpstream};
+use common::{config, with_native_providers, Condenser, MockUpstream};
 
 fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("CONDENSER_PYTHON") {
@@ -26,7 +26,11 @@ async fn openai_python_sdk_works_through_condenser() {
     let mock = MockUpstream::start().await;
     let compression =
         "enabled = true\ncompressor = \"extractive\"\nmin_tokens = 200\ntarget_ratio = 0.35";
-    let proxy = Condenser::start(&config(&mock.base_url(), "", compression));
+    let cfg = with_native_providers(&config(&mock.base_url(), "", compression), &mock);
+    let proxy = Condenser::start_with_env(
+        &cfg,
+        &[("MOCK_ANTHROPIC_KEY", "k1"), ("MOCK_GEMINI_KEY", "k2")],
+    );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_client.py");
     let python = python();
     let output = tokio::task::spawn_blocking(move || {

@@ -48,6 +48,10 @@ impl Default for RawServer {
 pub enum UpstreamKind {
     /// Any OpenAI-compatible API: OpenAI, vLLM, llama-server, OpenRouter, ...
     Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Google Gemini `generateContent`.
+    Gemini,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use pingora::proxy::Session;
 
+use super::response::{ResponseMode, Translation};
 use super::upstream::ExchangeError;
 use super::{body, header_str, AppState, RequestLog};
 use crate::compress::{kind_from_name, Pipeline, Tokenizer};
@@ -68,16 +69,48 @@ pub async fn handle(
     log.compressor = Some(outcome.compressor);
     log.tokens = Some((outcome.tokens_before, outcome.tokens_after));
 
-    // Unchanged requests are forwarded byte for byte.
-    let upstream_body = if outcome.changed {
-        Bytes::from(request.to_bytes())
-    } else {
-        raw
-    };
     let upstream = &state.upstreams[route.upstream];
-    let path = upstream.upstream_path(&path_and_query(session));
+    let encoded = upstream.provider.encode_chat(&request).map_err(before)?;
+    let (path, upstream_body, provider_headers, mode) = match encoded {
+        // OpenAI-compatible: unchanged requests are forwarded byte for byte.
+        None => {
+            let body = if outcome.changed {
+                Bytes::from(request.to_bytes())
+            } else {
+                raw
+            };
+            let path = upstream.upstream_path(&path_and_query(session));
+            (path, body, Vec::new(), ResponseMode::Relay)
+        }
+        Some(native) => {
+            let path = format!("{}{}", upstream.settings.base_path, native.path);
+            let translation = Translation {
+                provider: upstream.provider.clone(),
+                model: request.model.clone(),
+                stream: request.stream,
+                include_usage: request
+                    .body
+                    .get("stream_options")
+                    .and_then(|o| o.get("include_usage"))
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
+            };
+            (
+                path,
+                Bytes::from(native.body),
+                native.headers,
+                ResponseMode::Translate(translation),
+            )
+        }
+    };
     let header = upstream
-        .request_header(session.req_header(), &path, upstream_body.len(), false)
+        .request_header(
+            session.req_header(),
+            &path,
+            upstream_body.len(),
+            false,
+            &provider_headers,
+        )
         .map_err(before)?;
     let mut extra = vec![
         (
@@ -100,7 +133,14 @@ pub async fn handle(
         "forwarding chat completion"
     );
     let status = upstream
-        .exchange(&state.connector, session, header, upstream_body, &extra)
+        .exchange(
+            &state.connector,
+            session,
+            header,
+            upstream_body,
+            &extra,
+            mode,
+        )
         .await?;
     log.status = status;
     Ok(())

@@ -11,6 +11,7 @@ mod body;
 mod chat;
 mod passthrough;
 mod respond;
+mod response;
 pub mod upstream;
 
 use std::sync::atomic::Ordering;

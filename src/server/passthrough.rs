@@ -5,6 +5,7 @@
 use pingora::proxy::Session;
 
 use super::chat::path_and_query;
+use super::response::ResponseMode;
 use super::upstream::ExchangeError;
 use super::{body, header_str, AppState, RequestLog};
 
@@ -27,11 +28,18 @@ pub async fn handle(
     let upstream = &state.upstreams[route.upstream];
     let path = upstream.upstream_path(&path_and_query(session));
     let header = upstream
-        .request_header(session.req_header(), &path, raw.len(), true)
+        .request_header(session.req_header(), &path, raw.len(), true, &[])
         .map_err(before)?;
     let extra = [("x-condenser-route", route.name.clone())];
     log.status = upstream
-        .exchange(&state.connector, session, header, raw, &extra)
+        .exchange(
+            &state.connector,
+            session,
+            header,
+            raw,
+            &extra,
+            ResponseMode::Relay,
+        )
         .await?;
     Ok(())
 }

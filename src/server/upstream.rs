@@ -4,18 +4,21 @@
 //! pooled connector.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
+use super::response::{self, ResponseMode};
 use crate::config::UpstreamSettings;
 use crate::error::ProxyError;
+use crate::providers::{self, Provider};
 
 /// How long a DNS answer is reused.
 const DNS_TTL: Duration = Duration::from_secs(30);
@@ -24,7 +27,7 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the ones
 /// this proxy recomputes.
-const HOP_BY_HOP: &[&str] = &[
+pub(super) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -38,6 +41,8 @@ const HOP_BY_HOP: &[&str] = &[
 
 pub struct Upstream {
     pub settings: UpstreamSettings,
+    /// The API dialect this upstream speaks.
+    pub provider: Arc<dyn Provider>,
     api_key: Option<String>,
     resolved: Mutex<Option<(Instant, SocketAddr)>>,
 }
@@ -68,6 +73,7 @@ impl Upstream {
             );
         }
         Self {
+            provider: providers::for_kind(settings.kind),
             settings,
             api_key,
             resolved: Mutex::new(None),
@@ -139,13 +145,15 @@ impl Upstream {
     }
 
     /// The upstream request: the client's headers minus hop-by-hop and `x-condenser-*`, with
-    /// `Host`, `Content-Length` and (when configured) the upstream's own key.
+    /// `Host`, `Content-Length`, the provider's required headers (unless the client sent them)
+    /// and the key in the provider's header: the configured key, else the client's bearer token.
     pub fn request_header(
         &self,
         client: &RequestHeader,
         path: &str,
         body_len: usize,
         keep_accept_encoding: bool,
+        provider_headers: &[(&'static str, String)],
     ) -> Result<RequestHeader, ProxyError> {
         let mut req = RequestHeader::build(
             client.method.clone(),
@@ -153,13 +161,22 @@ impl Upstream {
             Some(client.headers.len() + 2),
         )
         .map_err(|e| ProxyError::InvalidRequest(e.to_string()))?;
+        let client_bearer = client
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let native_auth = self.provider.auth_header("").0;
+        // Re-issue the key in the provider's own header unless it is already the client's.
+        let rewrite_auth = self.api_key.is_some() || native_auth != "authorization";
         for (name, value) in client.headers.iter() {
             let n = name.as_str();
             let skip = HOP_BY_HOP.contains(&n)
                 || matches!(n, "host" | "content-length" | "expect")
                 || n.starts_with("x-condenser-")
                 || (n == "accept-encoding" && !keep_accept_encoding)
-                || (n == "authorization" && self.api_key.is_some());
+                || (n == "authorization" && rewrite_auth);
             if !skip {
                 let _ = req.append_header(name.clone(), value.clone());
             }
@@ -169,9 +186,20 @@ impl Upstream {
             .map_err(invalid)?;
         req.insert_header("content-length", body_len.to_string())
             .map_err(invalid)?;
-        if let Some(key) = &self.api_key {
-            req.insert_header("authorization", format!("Bearer {key}"))
-                .map_err(invalid)?;
+        for (name, value) in provider_headers {
+            if !client.headers.contains_key(*name) {
+                req.insert_header(*name, value.as_str()).map_err(invalid)?;
+            }
+        }
+        let key = self
+            .api_key
+            .clone()
+            .or(if rewrite_auth { client_bearer } else { None });
+        if let (Some(key), true) = (key, rewrite_auth) {
+            if native_auth == "authorization" || !client.headers.contains_key(native_auth) {
+                let (name, value) = self.provider.auth_header(&key);
+                req.insert_header(name, value).map_err(invalid)?;
+            }
         }
         Ok(req)
     }
@@ -199,8 +227,9 @@ impl Upstream {
         }
     }
 
-    /// Sends the request and relays the response to the client as it arrives (SSE events are
-    /// forwarded chunk by chunk, never buffered whole). `extra` headers go on the response.
+    /// Sends the request and writes the answer to the client: relayed as it arrives (SSE events
+    /// chunk by chunk, never buffered whole) or translated from the provider's dialect.
+    /// `extra` headers go on the response. Returns the status the client got.
     pub async fn exchange(
         &self,
         connector: &Connector,
@@ -208,13 +237,38 @@ impl Upstream {
         request: RequestHeader,
         body: Bytes,
         extra: &[(&'static str, String)],
+        mode: ResponseMode,
     ) -> Result<u16, ExchangeError> {
+        let peer = self.peer().await.map_err(ExchangeError::BeforeResponse)?;
+        let mut up = self.send(connector, &peer, request, body).await?;
+        let reusable = match mode {
+            ResponseMode::Relay => response::relay(self.name(), &mut up, client, extra).await?,
+            ResponseMode::Translate(translation) => {
+                response::translate(self.name(), &mut up, client, extra, translation).await?
+            }
+        };
+        if reusable.1 {
+            connector
+                .release_http_session(up, &peer, Some(POOL_IDLE))
+                .await;
+        }
+        Ok(reusable.0)
+    }
+
+    /// Writes the request and reads the response header, retrying once on a stale pooled
+    /// connection (safe: nothing was answered yet).
+    async fn send(
+        &self,
+        connector: &Connector,
+        peer: &HttpPeer,
+        request: RequestHeader,
+        body: Bytes,
+    ) -> Result<HttpSession, ExchangeError> {
         let before = ExchangeError::BeforeResponse;
-        let peer = self.peer().await.map_err(before)?;
         let mut attempt = 0;
-        let mut up = loop {
+        loop {
             let (mut up, reused) = connector
-                .get_http_session(&peer)
+                .get_http_session(peer)
                 .await
                 .map_err(|e| before(self.classify(&e)))?;
             up.set_read_timeout(peer.options.read_timeout);
@@ -227,9 +281,7 @@ impl Upstream {
             }
             .await;
             match sent {
-                Ok(()) => break up,
-                // A pooled connection the server already closed: one fresh retry is safe
-                // because nothing was answered.
+                Ok(()) => return Ok(up),
                 Err(e)
                     if reused && attempt == 0 && !matches!(e.etype(), ErrorType::ReadTimedout) =>
                 {
@@ -238,74 +290,6 @@ impl Upstream {
                 }
                 Err(e) => return Err(before(self.classify(&e))),
             }
-        };
-        let upstream_header = up.response_header().cloned().ok_or_else(|| {
-            before(ProxyError::UpstreamProtocol {
-                upstream: self.settings.name.clone(),
-                reason: "no response header".into(),
-            })
-        })?;
-        let status = upstream_header.status.as_u16();
-        let response =
-            client_response(&upstream_header, extra).map_err(|e| before(self.classify(&e)))?;
-        client
-            .write_response_header(Box::new(response), false)
-            .await
-            .map_err(|e| ExchangeError::AfterResponse(format!("client write failed: {e}")))?;
-        loop {
-            match up.read_response_body().await {
-                Ok(Some(chunk)) => {
-                    if let Err(e) = client.write_response_body(Some(chunk), false).await {
-                        // Client went away: drop (do not pool) the half-read upstream connection.
-                        return Err(ExchangeError::AfterResponse(format!(
-                            "client write failed: {e}"
-                        )));
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(ExchangeError::AfterResponse(format!(
-                        "upstream `{}` failed mid-response: {}",
-                        self.name(),
-                        e.etype().as_str()
-                    )))
-                }
-            }
-        }
-        client
-            .write_response_body(None, true)
-            .await
-            .map_err(|e| ExchangeError::AfterResponse(format!("client write failed: {e}")))?;
-        connector
-            .release_http_session(up, &peer, Some(POOL_IDLE))
-            .await;
-        Ok(status)
-    }
-}
-
-/// The client's response header: upstream status and headers minus hop-by-hop ones, framed by
-/// the upstream's `Content-Length` when it sent one and chunked otherwise (a close-delimited
-/// response would cost the client its keep-alive connection).
-fn client_response(
-    upstream: &ResponseHeader,
-    extra: &[(&'static str, String)],
-) -> pingora::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(
-        upstream.status,
-        Some(upstream.headers.len() + extra.len() + 1),
-    )?;
-    for (name, value) in upstream.headers.iter() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            resp.append_header(name.clone(), value.clone())?;
         }
     }
-    let bodiless =
-        upstream.status.is_informational() || matches!(upstream.status.as_u16(), 204 | 304);
-    if !bodiless && resp.headers.get("content-length").is_none() {
-        resp.insert_header("transfer-encoding", "chunked")?;
-    }
-    for (name, value) in extra {
-        resp.insert_header(*name, value.as_str())?;
-    }
-    Ok(resp)
 }

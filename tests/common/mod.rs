@@ -54,6 +54,8 @@ impl MockUpstream {
         let state = MockState::default();
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/messages", post(anthropic))
+            .route("/v1beta/models/{*rest}", post(gemini))
             .fallback(any(echo))
             .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(state.clone());
@@ -210,6 +212,98 @@ async fn chat(
         .expect("response")
 }
 
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture")
+}
+
+/// Streams a recorded SSE transcript in small pieces (chunk boundaries fall mid-event);
+/// `cut` stops halfway, as a dropped connection would.
+fn transcript(bytes: Vec<u8>, cut: bool) -> Response {
+    let end = if cut { bytes.len() / 2 } else { bytes.len() };
+    let pieces: Vec<Result<Bytes, std::convert::Infallible>> = bytes[..end]
+        .chunks(37)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(futures_util::stream::iter(pieces)))
+        .expect("response")
+}
+
+/// Anthropic Messages API mock: answers from the recorded fixtures.
+async fn anthropic(
+    State(state): State<MockState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&state, &uri, &headers, &body);
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = request["model"].as_str().unwrap_or("");
+    let tools = request.get("tools").is_some();
+    if model == "claude-fail" {
+        let err = fixture("anthropic/error.json");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("content-type", "application/json")],
+            err,
+        )
+            .into_response();
+    }
+    if request["stream"].as_bool().unwrap_or(false) {
+        let name = match (model, tools) {
+            ("claude-overloaded", _) => "anthropic/stream_error.sse",
+            (_, true) => "anthropic/stream_tool_use.sse",
+            _ => "anthropic/stream_text.sse",
+        };
+        return transcript(fixture(name), model == "claude-cut");
+    }
+    let name = if tools {
+        "anthropic/tool_use.json"
+    } else {
+        "anthropic/message.json"
+    };
+    ([("content-type", "application/json")], fixture(name)).into_response()
+}
+
+/// Gemini API mock: `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`.
+async fn gemini(
+    State(state): State<MockState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&state, &uri, &headers, &body);
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let tools = request.get("tools").is_some();
+    if uri.path().contains("gemini-fail") {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("content-type", "application/json")],
+            fixture("gemini/error.json"),
+        )
+            .into_response();
+    }
+    if uri.path().ends_with(":streamGenerateContent") {
+        let name = if tools {
+            "gemini/stream_function_call.sse"
+        } else {
+            "gemini/stream.sse"
+        };
+        return transcript(fixture(name), uri.path().contains("gemini-cut"));
+    }
+    let name = if tools {
+        "gemini/function_call.json"
+    } else {
+        "gemini/response.json"
+    };
+    ([("content-type", "application/json")], fixture(name)).into_response()
+}
+
 /// A running `condenser serve`, killed on drop.
 pub struct Condenser {
     pub addr: SocketAddr,
@@ -307,6 +401,43 @@ upstream = "mock"
 {compression}
 "#
     )
+}
+
+/// Adds an Anthropic and a Gemini upstream (both the mock) with `claude-*` / `gemini-*` routes
+/// in front of the catch-all route.
+pub fn with_native_providers(config: &str, mock: &MockUpstream) -> String {
+    let native = format!(
+        r#"
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+base_url = "http://{addr}/v1"
+api_key_env = "MOCK_ANTHROPIC_KEY"
+
+[[upstreams]]
+name = "gemini"
+kind = "gemini"
+base_url = "http://{addr}/v1beta"
+api_key_env = "MOCK_GEMINI_KEY"
+
+[[routes]]
+name = "claude"
+models = ["claude-*"]
+upstream = "claude"
+
+[routes.compression]
+enabled = true
+min_tokens = 200
+
+[[routes]]
+name = "gemini"
+models = ["gemini-*"]
+upstream = "gemini"
+"#,
+        addr = mock.addr
+    );
+    // Routes match in order: the native routes go before the catch-all.
+    config.replacen("[[routes]]", &format!("{native}\n[[routes]]"), 1)
 }
 
 /// A long, realistic document: many unrelated paragraphs and one that answers the question.

@@ -84,3 +84,38 @@ print("errors ok")
 emb = client.embeddings.create(model="text-embedding-3-small", input="hello")
 assert emb.data[0].embedding == [0.1, 0.2]
 print("embeddings ok")
+
+# Claude and Gemini models behind the same OpenAI client (translated by condenser).
+for model in ("claude-sonnet-4-5", "gemini-2.5-flash"):
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}])
+    assert reply.choices[0].message.content, reply
+    text = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], stream=True)
+        if c.choices
+    )
+    assert text in ("Hello!", "The capital of France is Paris."), text
+    call = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Weather?"}], tools=tools
+    ).choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather", call
+    args = ""
+    for chunk in client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Weather?"}], tools=tools, stream=True
+    ):
+        for c in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            args += c.function.arguments or ""
+    assert args in ('{"location": "San Francisco, CA"}', '{"city":"Paris"}'), args
+print("native providers ok")
+
+# A provider error mid-stream surfaces as an exception, not as a normal end.
+try:
+    for _ in client.chat.completions.create(
+        model="claude-overloaded", messages=[{"role": "user", "content": "Hi"}], stream=True
+    ):
+        pass
+    raise AssertionError("expected APIError")
+except openai.APIError as e:
+    assert "Overloaded" in str(e), e
+print("stream errors ok")

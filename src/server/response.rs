@@ -1,0 +1,220 @@
+//! Writing an upstream's answer to the client: relayed byte for byte as it arrives
+//! (OpenAI-compatible upstreams), or translated from another provider's dialect — streams
+//! transcoded chunk by chunk, whole answers and errors decoded into OpenAI JSON.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+
+use super::upstream::{ExchangeError, HOP_BY_HOP};
+use crate::error::ProxyError;
+use crate::providers::Provider;
+
+/// Largest non-streaming answer buffered for translation.
+const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;
+
+pub enum ResponseMode {
+    Relay,
+    Translate(Translation),
+}
+
+pub struct Translation {
+    pub provider: Arc<dyn Provider>,
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// `(status sent to the client, whether the upstream connection may be pooled)`.
+type Written = (u16, bool);
+
+fn after(e: impl std::fmt::Display) -> ExchangeError {
+    ExchangeError::AfterResponse(format!("client write failed: {e}"))
+}
+
+fn protocol(upstream: &str, reason: String) -> ExchangeError {
+    ExchangeError::BeforeResponse(ProxyError::UpstreamProtocol {
+        upstream: upstream.to_string(),
+        reason,
+    })
+}
+
+fn upstream_header(upstream: &str, up: &HttpSession) -> Result<ResponseHeader, ExchangeError> {
+    up.response_header()
+        .cloned()
+        .ok_or_else(|| protocol(upstream, "no response header".into()))
+}
+
+/// Upstream headers minus hop-by-hop ones (and minus `skip`), plus `extra`.
+fn copy_headers(
+    upstream: &ResponseHeader,
+    skip: &[&str],
+    extra: &[(&'static str, String)],
+) -> pingora::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(
+        upstream.status,
+        Some(upstream.headers.len() + extra.len() + 2),
+    )?;
+    for (name, value) in upstream.headers.iter() {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && !skip.contains(&n) {
+            resp.append_header(name.clone(), value.clone())?;
+        }
+    }
+    for (name, value) in extra {
+        resp.insert_header(*name, value.as_str())?;
+    }
+    Ok(resp)
+}
+
+/// Relays the answer unchanged, framed by the upstream's `Content-Length` when it sent one and
+/// chunked otherwise (a close-delimited response would cost the client its keep-alive).
+pub async fn relay(
+    upstream: &str,
+    up: &mut HttpSession,
+    client: &mut Session,
+    extra: &[(&'static str, String)],
+) -> Result<Written, ExchangeError> {
+    let header = upstream_header(upstream, up)?;
+    let status = header.status.as_u16();
+    let mut resp =
+        copy_headers(&header, &[], extra).map_err(|e| protocol(upstream, e.to_string()))?;
+    let bodiless = header.status.is_informational() || matches!(status, 204 | 304);
+    if !bodiless && resp.headers.get("content-length").is_none() {
+        resp.insert_header("transfer-encoding", "chunked")
+            .map_err(|e| protocol(upstream, e.to_string()))?;
+    }
+    client
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(after)?;
+    loop {
+        match up.read_response_body().await {
+            Ok(Some(chunk)) => client
+                .write_response_body(Some(chunk), false)
+                .await
+                .map_err(after)?,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ExchangeError::AfterResponse(format!(
+                    "upstream `{upstream}` failed mid-response: {}",
+                    e.etype().as_str()
+                )))
+            }
+        }
+    }
+    client
+        .write_response_body(None, true)
+        .await
+        .map_err(after)?;
+    Ok((status, true))
+}
+
+/// Translates the provider's answer into OpenAI's shapes.
+pub async fn translate(
+    upstream: &str,
+    up: &mut HttpSession,
+    client: &mut Session,
+    extra: &[(&'static str, String)],
+    t: Translation,
+) -> Result<Written, ExchangeError> {
+    let header = upstream_header(upstream, up)?;
+    let status = header.status.as_u16();
+    let skip = ["content-length", "content-type", "content-encoding"];
+    if (200..300).contains(&status) && t.stream {
+        let mut resp =
+            copy_headers(&header, &skip, extra).map_err(|e| protocol(upstream, e.to_string()))?;
+        for (name, value) in [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            resp.insert_header(name, value)
+                .map_err(|e| protocol(upstream, e.to_string()))?;
+        }
+        client
+            .write_response_header(Box::new(resp), false)
+            .await
+            .map_err(after)?;
+        let mut transcoder = t.provider.stream_transcoder(&t.model, t.include_usage);
+        loop {
+            match up.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    let frames = transcoder.feed(&chunk);
+                    if !frames.is_empty() {
+                        client
+                            .write_response_body(Some(Bytes::from(frames)), false)
+                            .await
+                            .map_err(after)?;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Tell the client in-band before the connection closes.
+                    let frames = transcoder.finish();
+                    let _ = client
+                        .write_response_body(Some(Bytes::from(frames)), false)
+                        .await;
+                    return Err(ExchangeError::AfterResponse(format!(
+                        "upstream `{upstream}` failed mid-stream: {}",
+                        e.etype().as_str()
+                    )));
+                }
+            }
+        }
+        let frames = transcoder.finish();
+        if !frames.is_empty() {
+            client
+                .write_response_body(Some(Bytes::from(frames)), false)
+                .await
+                .map_err(after)?;
+        }
+        client
+            .write_response_body(None, true)
+            .await
+            .map_err(after)?;
+        return Ok((status, true));
+    }
+
+    let mut body = Vec::new();
+    loop {
+        match up.read_response_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_TRANSLATED_BODY {
+                    return Err(protocol(upstream, "answer too large to translate".into()));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(protocol(upstream, e.etype().as_str().to_string())),
+        }
+    }
+    let json = if (200..300).contains(&status) {
+        t.provider
+            .decode_chat(&body, &t.model)
+            .map_err(|reason| protocol(upstream, reason))?
+    } else {
+        t.provider.decode_error(status, &body)
+    };
+    let mut resp =
+        copy_headers(&header, &skip, extra).map_err(|e| protocol(upstream, e.to_string()))?;
+    for (name, value) in [
+        ("content-type", "application/json".to_string()),
+        ("content-length", json.len().to_string()),
+    ] {
+        resp.insert_header(name, value)
+            .map_err(|e| protocol(upstream, e.to_string()))?;
+    }
+    client
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(after)?;
+    client
+        .write_response_body(Some(Bytes::from(json)), true)
+        .await
+        .map_err(after)?;
+    Ok((status, true))
+}
