@@ -65,6 +65,22 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The same error in the Anthropic Messages API's shape, for `/v1/messages` clients.
+    pub fn anthropic_body(&self) -> Vec<u8> {
+        let kind = match self.status() {
+            400 => "invalid_request_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            504 => "timeout_error",
+            _ => "api_error",
+        };
+        json!({"type": "error", "error": {"type": kind, "message": self.to_string()}})
+            .to_string()
+            .into_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

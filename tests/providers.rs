@@ -247,3 +247,98 @@ async fn gemini_round_trips_plain_streaming_and_tools() {
         "{cut}"
     );
 }
+
+#[tokio::test]
+async fn anthropic_front_door_compresses_natively_and_preserves_headers_and_cache_control() {
+    let (mock, proxy) = setup().await;
+    let question = "When did Marguerite Okonkwo first light the lamp?";
+    let body = json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 256,
+        "system": [{"type": "text", "text": "Answer briefly.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": "Search the archive."},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "search", "input": {"q": "lighthouse"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": long_document()},
+                {"type": "text", "text": question}]}
+        ]
+    });
+    let resp = reqwest::Client::new()
+        .post(proxy.url("/v1/messages"))
+        .header("x-api-key", "client-anthropic-key")
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "prompt-caching-2024-07-31")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-condenser-compressor"], "extractive");
+    assert_eq!(
+        resp.headers()["x-condenser-tokenizer"],
+        "cl100k_base; estimate"
+    );
+    let answer = resp.bytes().await.expect("body");
+    let fixture = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/anthropic/message.json"
+    ))
+    .expect("fixture");
+    assert_eq!(
+        answer.to_vec(),
+        fixture,
+        "Anthropic's answer relayed as sent"
+    );
+
+    let seen = mock.last();
+    assert_eq!(seen.path, "/v1/messages");
+    assert_eq!(
+        seen.header("anthropic-beta").as_deref(),
+        Some("prompt-caching-2024-07-31")
+    );
+    assert_eq!(
+        seen.header("x-api-key").as_deref(),
+        Some(ANTHROPIC_KEY),
+        "configured key wins"
+    );
+    let sent = seen.json();
+    assert_eq!(sent["system"], body["system"], "cache_control kept");
+    assert_eq!(
+        sent["messages"][1], body["messages"][1],
+        "tool_use untouched"
+    );
+    let result = sent["messages"][2]["content"][0]["content"]
+        .as_str()
+        .expect("tool_result text");
+    assert!(
+        result.len() < long_document().len() / 2,
+        "tool_result compressed"
+    );
+    assert!(result.contains("14 March 1896"));
+    assert_eq!(sent["messages"][2]["content"][1]["text"], question);
+    assert_eq!(sent["max_tokens"], 256);
+}
+
+#[tokio::test]
+async fn anthropic_front_door_errors_are_anthropic_shaped() {
+    let (_mock, proxy) = setup().await;
+    let resp = reqwest::Client::new()
+        .post(proxy.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body("{\"model\": \"claude-x\", \"messages\": 5}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    // A route whose upstream is not Anthropic is refused rather than mistranslated.
+    let resp = reqwest::Client::new()
+        .post(proxy.url("/v1/messages"))
+        .json(&json!({"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 400);
+}

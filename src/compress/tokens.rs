@@ -58,6 +58,22 @@ impl Tokenizer {
         }
     }
 
+    /// The encoding's name, marked as an estimate unless it is the model's own tokenizer
+    /// (OpenAI GPT-3.5/4/4o/4.1/5 and o-series; other providers' counts are approximations).
+    pub fn describe_for(self, model: &str) -> String {
+        let name = model
+            .rsplit('/')
+            .next()
+            .unwrap_or(model)
+            .to_ascii_lowercase();
+        let exact = self == Self::O200k || name.starts_with("gpt-4") || name.starts_with("gpt-3.5");
+        if exact {
+            self.name().to_string()
+        } else {
+            format!("{}; estimate", self.name())
+        }
+    }
+
     pub fn bpe(self) -> &'static CoreBPE {
         match self {
             Self::O200k => tiktoken_rs::o200k_base_singleton(),

@@ -8,7 +8,7 @@ use pingora::proxy::Session;
 use super::response::{ResponseMode, Translation};
 use super::upstream::ExchangeError;
 use super::{body, header_str, AppState, RequestLog};
-use crate::compress::{kind_from_name, Pipeline, Tokenizer};
+use crate::compress::{kind_from_name, CompressionOutcome, Pipeline, Tokenizer};
 use crate::config::CompressorKind;
 use crate::error::ProxyError;
 use crate::openai::ChatRequest;
@@ -29,46 +29,115 @@ fn requested_compressor(
     }
 }
 
+/// A parsed request, its route, and the compression it asked for.
+pub(super) struct Prepared {
+    pub raw: Bytes,
+    pub request: ChatRequest,
+    pub route: usize,
+    pub compressor: Option<CompressorKind>,
+    pub tokenizer: Tokenizer,
+}
+
+/// Reads and validates the body, routes it, and decides the compressor (shared with the
+/// Anthropic-native front door, whose bodies have the same `model`/`messages` skeleton).
+pub(super) async fn prepare(
+    state: &AppState,
+    session: &mut Session,
+    log: &mut RequestLog,
+) -> Result<Prepared, ProxyError> {
+    let raw = body::read_whole(session, state.config.server.max_body_bytes).await?;
+    let request = ChatRequest::parse(&raw)?;
+    let route = state.router.select(
+        header_str(session, "x-condenser-route"),
+        Some(&request.model),
+    )?;
+    let settings = &state.router.route(route).compression;
+    log.route = Some(state.router.route(route).name.clone());
+    let compressor = requested_compressor(
+        header_str(session, "x-condenser-compress"),
+        settings.enabled,
+        settings.compressor,
+    )?;
+    let tokenizer = Tokenizer::for_model(&request.model);
+    Ok(Prepared {
+        raw,
+        request,
+        route,
+        compressor,
+        tokenizer,
+    })
+}
+
+/// Compresses OpenAI-shaped `messages` per the request's choice and records the outcome.
+pub(super) async fn compress(
+    state: &AppState,
+    messages: &mut [serde_json::Value],
+    prepared_route: usize,
+    compressor: Option<CompressorKind>,
+    tokenizer: Tokenizer,
+    log: &mut RequestLog,
+) -> CompressionOutcome {
+    let settings = &state.router.route(prepared_route).compression;
+    let outcome = match compressor {
+        Some(kind) => {
+            state
+                .pipeline
+                .apply(messages, kind, settings, tokenizer)
+                .await
+        }
+        None => Pipeline::count_only(messages, tokenizer),
+    };
+    log.compressor = Some(outcome.compressor);
+    log.tokens = Some((outcome.tokens_before, outcome.tokens_after));
+    outcome
+}
+
+/// The `x-condenser-*` response headers.
+pub(super) fn accounting_headers(
+    outcome: &CompressionOutcome,
+    route: &str,
+    tokenizer: Tokenizer,
+    model: &str,
+) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        (
+            "x-condenser-tokens-before",
+            outcome.tokens_before.to_string(),
+        ),
+        ("x-condenser-tokens-after", outcome.tokens_after.to_string()),
+        ("x-condenser-compressor", outcome.compressor.to_string()),
+        ("x-condenser-route", route.to_string()),
+        ("x-condenser-tokenizer", tokenizer.describe_for(model)),
+    ];
+    if outcome.failed_open {
+        headers.push(("x-condenser-fail-open", "true".to_string()));
+    }
+    headers
+}
+
 pub async fn handle(
     state: &AppState,
     session: &mut Session,
     log: &mut RequestLog,
 ) -> Result<(), ExchangeError> {
     let before = ExchangeError::BeforeResponse;
-    let raw = body::read_whole(session, state.config.server.max_body_bytes)
-        .await
-        .map_err(before)?;
-    let mut request = ChatRequest::parse(&raw).map_err(before)?;
-    let route_index = state
-        .router
-        .select(
-            header_str(session, "x-condenser-route"),
-            Some(&request.model),
-        )
-        .map_err(before)?;
-    let route = state.router.route(route_index);
-    log.route = Some(route.name.clone());
-    let settings = &route.compression;
-    let kind = requested_compressor(
-        header_str(session, "x-condenser-compress"),
-        settings.enabled,
-        settings.compressor,
+    let Prepared {
+        raw,
+        mut request,
+        route,
+        compressor,
+        tokenizer,
+    } = prepare(state, session, log).await.map_err(before)?;
+    let outcome = compress(
+        state,
+        request.messages_mut(),
+        route,
+        compressor,
+        tokenizer,
+        log,
     )
-    .map_err(before)?;
-
-    let tokenizer = Tokenizer::for_model(&request.model);
-    let outcome = match kind {
-        Some(kind) => {
-            state
-                .pipeline
-                .apply(request.messages_mut(), kind, settings, tokenizer)
-                .await
-        }
-        None => Pipeline::count_only(request.messages(), tokenizer),
-    };
-    log.compressor = Some(outcome.compressor);
-    log.tokens = Some((outcome.tokens_before, outcome.tokens_after));
-
+    .await;
+    let route = state.router.route(route);
     let upstream = &state.upstreams[route.upstream];
     let encoded = upstream.provider.encode_chat(&request).map_err(before)?;
     let (path, upstream_body, provider_headers, mode) = match encoded {
@@ -112,18 +181,7 @@ pub async fn handle(
             &provider_headers,
         )
         .map_err(before)?;
-    let mut extra = vec![
-        (
-            "x-condenser-tokens-before",
-            outcome.tokens_before.to_string(),
-        ),
-        ("x-condenser-tokens-after", outcome.tokens_after.to_string()),
-        ("x-condenser-compressor", outcome.compressor.to_string()),
-        ("x-condenser-route", route.name.clone()),
-    ];
-    if outcome.failed_open {
-        extra.push(("x-condenser-fail-open", "true".to_string()));
-    }
+    let extra = accounting_headers(&outcome, &route.name, tokenizer, &request.model);
     tracing::debug!(
         route = %route.name,
         model = %request.model,

@@ -3,12 +3,13 @@
 //! route on `model` and to compress, so it reads the body itself and forwards over a pooled
 //! connector (see DESIGN.md). Phases, in order, per request:
 //! 1. `request_filter` dispatches on method and path (`/healthz`, `GET /v1/models`,
-//!    `POST /v1/chat/completions`, any other `/v1/*` passed through);
+//!    `POST /v1/chat/completions`, `POST /v1/messages`, any other `/v1/*` passed through);
 //! 2. the handler reads the body, routes, compresses (chat only), forwards and relays the reply;
 //! 3. `logging` writes one structured access line (no bodies, no keys).
 
 mod body;
 mod chat;
+mod messages;
 mod passthrough;
 mod respond;
 mod response;
@@ -78,6 +79,8 @@ pub struct RequestLog {
     compressor: Option<&'static str>,
     tokens: Option<(usize, usize)>,
     error: Option<String>,
+    /// Errors on the Anthropic-native front door are written in Anthropic's shape.
+    anthropic_errors: bool,
 }
 
 pub(crate) fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
@@ -116,6 +119,10 @@ impl Condenser {
                 self.reply(session, log, 200, body).await
             }
             ("POST", "/v1/chat/completions") => chat::handle(state, session, log).await,
+            ("POST", "/v1/messages") => {
+                log.anthropic_errors = true;
+                messages::handle(state, session, log).await
+            }
             (_, p) if p.starts_with("/v1/") => passthrough::handle(state, session, log).await,
             _ => Err(ExchangeError::BeforeResponse(ProxyError::NotFound {
                 method,
@@ -171,6 +178,7 @@ impl ProxyHttp for Condenser {
             compressor: None,
             tokens: None,
             error: None,
+            anthropic_errors: false,
         }
     }
 
@@ -196,7 +204,7 @@ impl ProxyHttp for Condenser {
             Err(ExchangeError::BeforeResponse(err)) => {
                 ctx.status = err.status();
                 ctx.error = Some(err.to_string());
-                respond::error(session, &err).await?;
+                respond::error(session, &err, ctx.anthropic_errors).await?;
                 Ok(true)
             }
             Err(ExchangeError::AfterResponse(reason)) => {
@@ -220,7 +228,7 @@ impl ProxyHttp for Condenser {
     {
         if session.response_written().is_none() {
             let err = ProxyError::Client(e.etype().as_str().to_string());
-            let _ = respond::error(session, &err).await;
+            let _ = respond::error(session, &err, false).await;
         }
         FailToProxy {
             error_code: 0,

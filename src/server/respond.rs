@@ -17,11 +17,20 @@ pub async fn json(session: &mut Session, status: u16, body: Vec<u8>) -> pingora:
         .await
 }
 
-/// Answers an error as OpenAI-shaped JSON. After a 413 the unread body makes the connection
-/// unusable, so it is closed.
-pub async fn error(session: &mut Session, err: &ProxyError) -> pingora::Result<()> {
+/// Answers an error as OpenAI-shaped JSON (Anthropic-shaped on the `/v1/messages` front door).
+/// After a 413 the unread body makes the connection unusable, so it is closed.
+pub async fn error(
+    session: &mut Session,
+    err: &ProxyError,
+    anthropic: bool,
+) -> pingora::Result<()> {
     if matches!(err, ProxyError::BodyTooLarge { .. }) {
         session.set_keepalive(None);
     }
-    json(session, err.status(), err.body()).await
+    let body = if anthropic {
+        err.anthropic_body()
+    } else {
+        err.body()
+    };
+    json(session, err.status(), body).await
 }

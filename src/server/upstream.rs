@@ -168,15 +168,20 @@ impl Upstream {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_string);
         let native_auth = self.provider.auth_header("").0;
-        // Re-issue the key in the provider's own header unless it is already the client's.
-        let rewrite_auth = self.api_key.is_some() || native_auth != "authorization";
+        let configured = self.api_key.is_some();
+        // A configured key replaces whatever the client sent; otherwise the client's bearer
+        // token is re-issued in the provider's own header when that is not `authorization`.
+        let drop_client_auth = |n: &str| {
+            (n == "authorization" && (configured || native_auth != "authorization"))
+                || (n == native_auth && configured)
+        };
         for (name, value) in client.headers.iter() {
             let n = name.as_str();
             let skip = HOP_BY_HOP.contains(&n)
                 || matches!(n, "host" | "content-length" | "expect")
                 || n.starts_with("x-condenser-")
                 || (n == "accept-encoding" && !keep_accept_encoding)
-                || (n == "authorization" && rewrite_auth);
+                || drop_client_auth(n);
             if !skip {
                 let _ = req.append_header(name.clone(), value.clone());
             }
@@ -191,15 +196,16 @@ impl Upstream {
                 req.insert_header(*name, value.as_str()).map_err(invalid)?;
             }
         }
-        let key = self
-            .api_key
-            .clone()
-            .or(if rewrite_auth { client_bearer } else { None });
-        if let (Some(key), true) = (key, rewrite_auth) {
-            if native_auth == "authorization" || !client.headers.contains_key(native_auth) {
-                let (name, value) = self.provider.auth_header(&key);
-                req.insert_header(name, value).map_err(invalid)?;
-            }
+        let key = if configured {
+            self.api_key.clone()
+        } else if native_auth != "authorization" && !client.headers.contains_key(native_auth) {
+            client_bearer
+        } else {
+            None
+        };
+        if let Some(key) = key {
+            let (name, value) = self.provider.auth_header(&key);
+            req.insert_header(name, value).map_err(invalid)?;
         }
         Ok(req)
     }

@@ -4,6 +4,7 @@
 //! same-role turns are merged because the API requires alternation; `cache_control` on a content
 //! part is carried onto its block.
 
+pub mod inbound;
 mod stream;
 
 use serde_json::{json, Map, Value};
