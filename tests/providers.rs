@@ -342,3 +342,32 @@ async fn anthropic_front_door_errors_are_anthropic_shaped() {
         .expect("send");
     assert_eq!(resp.status(), 400);
 }
+
+#[tokio::test]
+async fn without_a_configured_key_the_clients_bearer_goes_in_the_providers_header() {
+    let mock = MockUpstream::start().await;
+    let cfg = with_native_providers(&config(&mock.base_url(), "", "enabled = false"), &mock);
+    let proxy = Condenser::start(&cfg);
+    let resp = post(
+        &proxy,
+        json!({"model": "claude-x", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let seen = mock.last();
+    assert_eq!(
+        seen.header("x-api-key").as_deref(),
+        Some("client-openai-key")
+    );
+    assert_eq!(seen.header("authorization"), None);
+    let resp = post(
+        &proxy,
+        json!({"model": "gemini-x", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        mock.last().header("x-goog-api-key").as_deref(),
+        Some("client-openai-key")
+    );
+}
