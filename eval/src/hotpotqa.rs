@@ -11,7 +11,6 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 pub struct Example {
     #[serde(rename = "_id")]
-    #[allow(dead_code)]
     pub id: String,
     pub question: String,
     pub answer: String,

@@ -1,8 +1,11 @@
 //! `condenser-eval`: offline measurements of condenser's compressors.
 
 mod hotpotqa;
+mod loaders;
 mod metrics;
+mod ratio;
 mod recall;
+mod record;
 
 use std::path::PathBuf;
 
@@ -25,10 +28,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Token ratio, gold-answer recall, supporting-sentence recall and speed on HotPotQA.
+    /// Converts an official benchmark file into normalised records (JSONL).
+    Prepare {
+        /// hotpotqa | qasper | nq | ds1000
+        #[arg(long)]
+        benchmark: String,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Shuffle with this seed before `--limit` (deterministic).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Token ratio per compressor and target, in o200k and cl100k, on prepared records.
+    Ratio {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "identity,truncate,extractive"
+        )]
+        compressors: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "0.35,0.5")]
+        ratios: Vec<f64>,
+    },
+    /// Token ratio, gold-answer recall, evidence recall and speed.
     Recall {
         #[arg(long, default_value = "../shared/data/hotpotqa-dev-500.jsonl")]
         input: PathBuf,
+        /// Format of `--input`: hotpotqa | qasper | nq | ds1000 (official files) or prepared.
+        #[arg(long, default_value = "hotpotqa")]
+        benchmark: String,
         #[arg(
             long,
             value_delimiter = ',',
@@ -54,10 +88,62 @@ enum Command {
     },
 }
 
+/// Records from an official file, or from a file `prepare` wrote.
+fn records(benchmark: &str, input: &std::path::Path) -> anyhow::Result<Vec<record::Record>> {
+    if benchmark == "prepared" {
+        record::read_jsonl(input)
+    } else {
+        loaders::load(benchmark, input)
+    }
+}
+
+fn compressor_for(name: &str, extractive: &Extractive) -> anyhow::Result<Arc<dyn Compressor>> {
+    let kind = kind_from_name(name).with_context(|| format!("unknown compressor `{name}`"))?;
+    Ok(match kind {
+        CompressorKind::Extractive => Arc::new(extractive.clone()),
+        other => build(other),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Prepare {
+            benchmark,
+            input,
+            output,
+            limit,
+            seed,
+        } => {
+            let all = loaders::load(&benchmark, &input)?;
+            let total = all.len();
+            let chosen = record::sample(all, limit, seed);
+            record::write_jsonl(&output, &chosen)?;
+            eprintln!(
+                "{benchmark}: wrote {} of {total} records to {}",
+                chosen.len(),
+                output.display()
+            );
+        }
+        Command::Ratio {
+            input,
+            compressors,
+            ratios,
+        } => {
+            let records = record::read_jsonl(&input)?;
+            let mut rows = Vec::new();
+            for name in &compressors {
+                let compressor = compressor_for(name, &Extractive::default())?;
+                let targets: &[f64] = if name == "identity" { &[1.0] } else { &ratios };
+                for &target in targets {
+                    eprintln!("  {name} @ {target}");
+                    rows.push(ratio::run(&records, compressor.as_ref(), target)?);
+                }
+            }
+            print!("{}", ratio::markdown(&rows));
+        }
         Command::Recall {
             input,
+            benchmark,
             compressors,
             ratios,
             limit,
@@ -77,7 +163,7 @@ fn main() -> anyhow::Result<()> {
                 "cl100k" => Tokenizer::Cl100k,
                 other => anyhow::bail!("unknown tokenizer `{other}` (o200k | cl100k)"),
             };
-            let examples = hotpotqa::load(&input, limit)?;
+            let examples = record::sample(records(&benchmark, &input)?, limit, None);
             eprintln!(
                 "loaded {} examples from {}",
                 examples.len(),

@@ -1,14 +1,15 @@
-//! `condenser-eval recall`: for each compressor and target ratio, compresses every HotPotQA
-//! context against its question and measures what survived: token ratio (o200k), gold-answer
-//! recall, supporting-sentence recall, and compression speed (ms per 1k input tokens). No task
-//! model is involved, so it runs on all 500 dev examples in seconds.
+//! `condenser-eval recall`: for each compressor and target ratio, compresses every context
+//! against its question and measures what survived: token ratio, gold-answer recall (any gold
+//! answer present after SQuAD normalisation; yes/no and unanswerable questions excluded),
+//! evidence recall (evidence sentences kept verbatim), and compression speed (ms per 1k input
+//! tokens). No task model is involved, so it runs on all 500 HotPotQA dev examples in seconds.
 
 use std::time::Instant;
 
 use condenser::compress::{CompressInput, Compressor, Tokenizer};
 
-use crate::hotpotqa::Example;
 use crate::metrics::contains_answer;
+use crate::record::Record;
 
 #[derive(Debug, Clone)]
 pub struct RecallRow {
@@ -18,13 +19,14 @@ pub struct RecallRow {
     pub mean_ratio: f64,
     pub answer_recall: f64,
     pub answer_n: usize,
-    pub support_recall: f64,
+    /// `None` when the benchmark marks no evidence.
+    pub support_recall: Option<f64>,
     pub ms_per_1k_median: f64,
     pub ms_per_1k_p95: f64,
 }
 
 pub fn run(
-    examples: &[Example],
+    examples: &[Record],
     compressor: &dyn Compressor,
     ratio: f64,
     tokenizer: Tokenizer,
@@ -35,10 +37,10 @@ pub fn run(
     let (mut support_found, mut support_n) = (0usize, 0usize);
     let mut speeds = Vec::with_capacity(examples.len());
     for (i, example) in examples.iter().enumerate() {
-        let context = example.render_context();
-        let before = tokenizer.count(&context);
+        let context = &example.context;
+        let before = tokenizer.count(context);
         let input = CompressInput {
-            text: &context,
+            text: context,
             query: &example.question,
             target_tokens: ((before as f64) * ratio).floor().max(1.0) as usize,
             tokenizer,
@@ -51,13 +53,18 @@ pub fn run(
         tokens_out += after;
         ratios.push(after as f64 / before.max(1) as f64);
         speeds.push(elapsed_ms / (before.max(1) as f64 / 1000.0));
-        if !example.is_yes_no() {
+        let scored = !matches!(example.answer_type.as_deref(), Some("boolean" | "none"));
+        if scored && !example.answers.is_empty() {
             answer_n += 1;
-            answers_found += usize::from(contains_answer(&compressed, &example.answer));
+            let found = example
+                .answers
+                .iter()
+                .any(|a| contains_answer(&compressed, a));
+            answers_found += usize::from(found);
         }
-        for sentence in example.supporting_sentences() {
+        for sentence in &example.evidence {
             support_n += 1;
-            support_found += usize::from(compressed.contains(&sentence));
+            support_found += usize::from(compressed.contains(sentence.trim()));
         }
         if (i + 1) % 100 == 0 || i + 1 == examples.len() {
             eprintln!(
@@ -82,7 +89,7 @@ pub fn run(
         mean_ratio: ratios.iter().sum::<f64>() / ratios.len().max(1) as f64,
         answer_recall: answers_found as f64 / answer_n.max(1) as f64,
         answer_n,
-        support_recall: support_found as f64 / support_n.max(1) as f64,
+        support_recall: (support_n > 0).then(|| support_found as f64 / support_n as f64),
         ms_per_1k_median: percentile(0.5),
         ms_per_1k_p95: percentile(0.95),
     })
@@ -90,24 +97,26 @@ pub fn run(
 
 pub fn markdown(rows: &[RecallRow], examples: usize) -> String {
     let mut out = format!(
-        "| compressor | target | ratio (sum) | ratio (mean) | answer recall (n={}) | supporting-sentence recall | ms / 1k tokens p50 | p95 |\n|---|---|---|---|---|---|---|---|\n",
+        "| compressor | target | ratio (sum) | ratio (mean) | answer recall (n={}) | evidence recall | ms / 1k tokens p50 | p95 |\n|---|---|---|---|---|---|---|---|\n",
         rows.first().map_or(0, |r| r.answer_n)
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            "| {} | {:.2} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {:.3} |\n",
             r.compressor,
             r.target_ratio,
             r.ratio_of_sums,
             r.mean_ratio,
             r.answer_recall,
-            r.support_recall,
+            r.support_recall
+                .map_or_else(|| "—".to_string(), |v| format!("{v:.3}")),
             r.ms_per_1k_median,
             r.ms_per_1k_p95
         ));
     }
     out.push_str(&format!(
-        "\n{examples} examples; answer recall excludes yes/no answers.\n"
+        "\n{examples} examples; answer recall excludes yes/no and unanswerable questions; \
+         evidence recall is — where the benchmark marks no evidence.\n"
     ));
     out
 }
