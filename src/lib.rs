@@ -6,6 +6,8 @@
 pub mod compress;
 pub mod config;
 pub mod error;
+#[cfg(feature = "local-model")]
+pub mod llm;
 pub mod openai;
 pub mod providers;
 pub mod routing;

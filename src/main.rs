@@ -106,7 +106,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     ));
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let state = Arc::new(AppState::new(cfg, connector));
+    let state = Arc::new(AppState::new(cfg, connector).map_err(anyhow::Error::msg)?);
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Condenser::new(state),

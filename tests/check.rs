@@ -53,6 +53,10 @@ fn errors_name_the_key() {
             "server.listen_port",
         ),
         (
+            shipped().replace("compressor = \"extractive\"", "compressor = \"prune\""),
+            "routes[0].compression.compressor",
+        ),
+        (
             shipped().replace("https://api.openai.com/v1", "api.openai.com"),
             "upstreams[0].base_url",
         ),

@@ -99,10 +99,12 @@ fn records(benchmark: &str, input: &std::path::Path) -> anyhow::Result<Vec<recor
 
 fn compressor_for(name: &str, extractive: &Extractive) -> anyhow::Result<Arc<dyn Compressor>> {
     let kind = kind_from_name(name).with_context(|| format!("unknown compressor `{name}`"))?;
-    Ok(match kind {
-        CompressorKind::Extractive => Arc::new(extractive.clone()),
-        other => build(other),
-    })
+    match kind {
+        CompressorKind::Extractive => Ok(Arc::new(extractive.clone())),
+        other => build(other).with_context(|| {
+            format!("`{name}` needs a local model; condenser-eval does not load one yet")
+        }),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -171,12 +173,7 @@ fn main() -> anyhow::Result<()> {
             );
             let mut rows = Vec::new();
             for name in &compressors {
-                let kind =
-                    kind_from_name(name).with_context(|| format!("unknown compressor `{name}`"))?;
-                let compressor: Arc<dyn Compressor> = match kind {
-                    CompressorKind::Extractive => Arc::new(extractive.clone()),
-                    other => build(other),
-                };
+                let compressor = compressor_for(name, &extractive)?;
                 let ratios: &[f64] = if name == "identity" { &[1.0] } else { &ratios };
                 for &ratio in ratios {
                     rows.push(recall::run(

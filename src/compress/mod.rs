@@ -11,6 +11,8 @@ mod extractive;
 mod identity;
 mod pipeline;
 mod policy;
+#[cfg(feature = "local-model")]
+mod prune;
 pub mod text;
 mod tokens;
 mod truncate;
@@ -22,6 +24,8 @@ pub use extractive::Extractive;
 pub use identity::Identity;
 pub use pipeline::{CompressionOutcome, Pipeline, PipelineStats};
 pub use policy::{plan, Piece, Plan, PlanTarget};
+#[cfg(feature = "local-model")]
+pub use prune::Prune;
 pub use tokens::Tokenizer;
 pub use truncate::Truncate;
 
@@ -59,15 +63,22 @@ pub trait Compressor: Send + Sync {
     fn query_aware(&self) -> bool {
         false
     }
+    /// Whether a call can take long enough (a local model) that it must never run on an I/O
+    /// thread, whatever the text's size.
+    fn blocking(&self) -> bool {
+        false
+    }
     fn compress(&self, input: &CompressInput<'_>) -> Result<String, CompressError>;
 }
 
-/// Every built-in compressor, by config name.
-pub fn build(kind: CompressorKind) -> Arc<dyn Compressor> {
+/// The compressors that need no model, by config name (`None` for model-backed ones, which the
+/// server builds from their `[compressors.*]` section).
+pub fn build(kind: CompressorKind) -> Option<Arc<dyn Compressor>> {
     match kind {
-        CompressorKind::Identity => Arc::new(Identity),
-        CompressorKind::Truncate => Arc::new(Truncate),
-        CompressorKind::Extractive => Arc::new(Extractive::default()),
+        CompressorKind::Identity => Some(Arc::new(Identity)),
+        CompressorKind::Truncate => Some(Arc::new(Truncate)),
+        CompressorKind::Extractive => Some(Arc::new(Extractive::default())),
+        CompressorKind::Prune => None,
     }
 }
 
@@ -77,6 +88,7 @@ pub fn kind_from_name(name: &str) -> Option<CompressorKind> {
         "identity" => Some(CompressorKind::Identity),
         "truncate" => Some(CompressorKind::Truncate),
         "extractive" => Some(CompressorKind::Extractive),
+        "prune" => Some(CompressorKind::Prune),
         _ => None,
     }
 }

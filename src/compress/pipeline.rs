@@ -50,13 +50,23 @@ impl Pipeline {
             CompressorKind::Extractive,
         ]
         .into_iter()
-        .map(|k| (k, build(k)))
+        .filter_map(|k| Some((k, build(k)?)))
         .collect();
         Self {
             compressors,
             cache: CompressionCache::new(cache_bytes),
             stats: PipelineStats::default(),
         }
+    }
+
+    /// Registers a model-backed compressor built from configuration.
+    pub fn with_compressor(
+        mut self,
+        kind: CompressorKind,
+        compressor: Arc<dyn Compressor>,
+    ) -> Self {
+        self.compressors.insert(kind, compressor);
+        self
     }
 
     pub fn cache(&self) -> &CompressionCache {
@@ -202,6 +212,7 @@ impl Pipeline {
             text.as_bytes(),
         ]);
         let target_tokens = ((tokens as f64) * ratio).floor().max(1.0) as usize;
+        let blocking = compressor.blocking() || text.len() > INLINE_LIMIT_BYTES;
         let owned_text = text.to_string();
         let owned_query = query.to_string();
         self.cache
@@ -214,7 +225,7 @@ impl Pipeline {
                         tokenizer,
                     })
                 };
-                if text.len() <= INLINE_LIMIT_BYTES {
+                if !blocking {
                     run()
                 } else {
                     tokio::task::spawn_blocking(run)

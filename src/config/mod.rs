@@ -8,8 +8,13 @@ mod validate;
 use std::path::Path;
 
 pub use raw::UpstreamKind;
-pub use raw::{CompressorKind, RawCompression, RawConfig, RawRoute, RawServer, RawUpstream, Role};
-pub use validate::{CompressionSettings, Config, Route, ServerSettings, UpstreamSettings};
+pub use raw::{
+    CompressorKind, RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer,
+    RawUpstream, Role,
+};
+pub use validate::{
+    CompressionSettings, Config, LocalModelSettings, Route, ServerSettings, UpstreamSettings,
+};
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,53 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub compressors: RawCompressors,
+}
+
+/// Model-backed compressors, each configured once and shared by every route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompressors {
+    pub prune: Option<RawLocalModel>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocalModel {
+    /// GGUF file (e.g. `adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf`).
+    pub model: String,
+    #[serde(default = "default_model_threads")]
+    pub threads: i32,
+    #[serde(default = "default_model_context")]
+    pub context: u32,
+    #[serde(default = "default_one")]
+    pub workers: usize,
+    #[serde(default = "default_model_queue")]
+    pub queue: usize,
+    /// Longest one call may wait for the model, queueing included.
+    #[serde(default = "default_model_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_model_threads() -> i32 {
+    2
+}
+
+fn default_model_context() -> u32 {
+    8192
+}
+
+fn default_one() -> usize {
+    1
+}
+
+fn default_model_queue() -> usize {
+    8
+}
+
+fn default_model_timeout_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +143,8 @@ pub enum CompressorKind {
     Identity,
     Truncate,
     Extractive,
+    /// Local-model token pruning (needs `[compressors.prune]` and the `local-model` feature).
+    Prune,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::raw::{CompressorKind, RawCompression, RawConfig, Role, UpstreamKind};
+use super::raw::{CompressorKind, RawCompression, RawConfig, RawLocalModel, Role, UpstreamKind};
 use super::ConfigError;
 
 #[derive(Debug, Clone)]
@@ -14,6 +14,18 @@ pub struct Config {
     pub server: ServerSettings,
     pub upstreams: Vec<UpstreamSettings>,
     pub routes: Vec<Route>,
+    /// `[compressors.prune]`: the local model behind the `prune` compressor.
+    pub prune: Option<LocalModelSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalModelSettings {
+    pub model: std::path::PathBuf,
+    pub threads: i32,
+    pub context: u32,
+    pub workers: usize,
+    pub queue: usize,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +163,21 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         });
     }
 
+    let prune = raw
+        .compressors
+        .prune
+        .as_ref()
+        .map(validate_local_model)
+        .transpose()?;
+    for (i, route) in routes.iter().enumerate() {
+        if route.compression.compressor == CompressorKind::Prune && prune.is_none() {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].compression.compressor"),
+                "`prune` needs a [compressors.prune] section naming its model",
+            ));
+        }
+    }
+
     let default_route = match &raw.server.default_route {
         None => None,
         Some(name) => Some(routes.iter().position(|r| &r.name == name).ok_or_else(|| {
@@ -169,6 +196,40 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         upstreams,
         routes,
+        prune,
+    })
+}
+
+fn validate_local_model(raw: &RawLocalModel) -> Result<LocalModelSettings, ConfigError> {
+    let key = |field: &str| format!("compressors.prune.{field}");
+    if !cfg!(feature = "local-model") {
+        return Err(ConfigError::invalid(
+            "compressors.prune",
+            "this build has no local-model support (build with `--features local-model`)",
+        ));
+    }
+    if raw.threads < 1 {
+        return Err(ConfigError::invalid(key("threads"), "must be >= 1"));
+    }
+    if raw.context < 256 {
+        return Err(ConfigError::invalid(
+            key("context"),
+            "must be >= 256 tokens",
+        ));
+    }
+    if raw.workers == 0 || raw.queue == 0 || raw.timeout_ms == 0 {
+        return Err(ConfigError::invalid(
+            key("workers"),
+            "workers, queue and timeout_ms must be > 0",
+        ));
+    }
+    Ok(LocalModelSettings {
+        model: raw.model.clone().into(),
+        threads: raw.threads,
+        context: raw.context,
+        workers: raw.workers,
+        queue: raw.queue,
+        timeout_ms: raw.timeout_ms,
     })
 }
 

@@ -42,7 +42,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, connector: Connector) -> Self {
+    /// Builds the runtime state; loading a configured local model can fail.
+    pub fn new(config: Config, connector: Connector) -> Result<Self, String> {
         let upstreams = config
             .upstreams
             .iter()
@@ -50,15 +51,48 @@ impl AppState {
             .map(Upstream::new)
             .collect();
         let router = Router::new(config.routes.clone(), config.server.default_route);
-        let pipeline = Pipeline::new(config.server.compression_cache_bytes);
-        Self {
+        let pipeline = with_local_models(
+            Pipeline::new(config.server.compression_cache_bytes),
+            &config,
+        )?;
+        Ok(Self {
             config,
             router,
             upstreams,
             pipeline,
             connector,
-        }
+        })
     }
+}
+
+/// Loads `[compressors.prune]`'s model (once) and registers the compressor.
+#[cfg(feature = "local-model")]
+fn with_local_models(pipeline: Pipeline, config: &Config) -> Result<Pipeline, String> {
+    use crate::compress::Prune;
+    use crate::config::CompressorKind;
+    use crate::llm::{LocalModel, LocalModelConfig};
+    let Some(settings) = &config.prune else {
+        return Ok(pipeline);
+    };
+    let model = LocalModel::load(&LocalModelConfig {
+        path: settings.model.clone(),
+        threads: settings.threads,
+        context: settings.context,
+        workers: settings.workers,
+        queue: settings.queue,
+    })
+    .map_err(|e| format!("compressors.prune: {e}"))?;
+    tracing::info!(model = %settings.model.display(), workers = settings.workers, "local model loaded");
+    let prune = Prune::new(
+        std::sync::Arc::new(model),
+        std::time::Duration::from_millis(settings.timeout_ms),
+    );
+    Ok(pipeline.with_compressor(CompressorKind::Prune, std::sync::Arc::new(prune)))
+}
+
+#[cfg(not(feature = "local-model"))]
+fn with_local_models(pipeline: Pipeline, _config: &Config) -> Result<Pipeline, String> {
+    Ok(pipeline)
 }
 
 pub struct Condenser {
