@@ -18,6 +18,15 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// POSTs a chat completion through the proxy with extra request headers.
+async fn chat(proxy: &Condenser, headers: &[(&str, &str)], body: &Value) -> reqwest::Response {
+    let mut request = client().post(proxy.url("/v1/chat/completions")).json(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("send")
+}
+
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
@@ -30,15 +39,16 @@ async fn non_streaming_round_trip_relays_the_answer_and_strips_proxy_headers() {
     let proxy = Condenser::start(&config(&mock.base_url(), "", "enabled = false"));
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}],
         "some_new_parameter": {"nested": [1, 2, 3]}, "temperature": 0});
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .header("authorization", "Bearer client-key")
-        .header("x-condenser-route", "main")
-        .header("x-custom-header", "kept")
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(
+        &proxy,
+        &[
+            ("authorization", "Bearer client-key"),
+            ("x-condenser-route", "main"),
+            ("x-custom-header", "kept"),
+        ],
+        &body,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         header(&resp, "x-condenser-compressor").as_deref(),
@@ -82,12 +92,7 @@ async fn forwarded_body_is_compressed_and_the_question_is_untouched() {
         {"role": "system", "content": "You answer from the document."},
         {"role": "user", "content": format!("{}\n\n{question}", long_document())}
     ]});
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&proxy, &[], &body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         header(&resp, "x-condenser-compressor").as_deref(),
@@ -121,13 +126,7 @@ async fn forwarded_body_is_compressed_and_the_question_is_untouched() {
     assert_eq!(seen["user"], "u-42", "unknown fields pass through");
 
     // Same request, compression off per request: forwarded unchanged.
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-condenser-compress", "off")
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&proxy, &[("x-condenser-compress", "off")], &body).await;
     assert_eq!(
         header(&resp, "x-condenser-compressor").as_deref(),
         Some("off")
@@ -135,13 +134,7 @@ async fn forwarded_body_is_compressed_and_the_question_is_untouched() {
     assert_eq!(mock.last().body, serde_json::to_vec(&body).expect("bytes"));
 
     // A compressor chosen per request.
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .header("x-condenser-compress", "truncate")
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&proxy, &[("x-condenser-compress", "truncate")], &body).await;
     assert_eq!(
         header(&resp, "x-condenser-compressor").as_deref(),
         Some("truncate")
@@ -159,12 +152,7 @@ async fn streaming_events_reach_the_client_before_the_stream_ends() {
     let proxy = Condenser::start(&config(&mock.base_url(), "", COMPRESS_ON));
     let body = json!({"model": "gated", "stream": true, "stream_options": {"include_usage": true},
         "messages": [{"role": "user", "content": "Hi"}]});
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&proxy, &[], &body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         header(&resp, "content-type").as_deref(),
@@ -208,12 +196,7 @@ async fn tools_and_tool_calls_round_trip_untouched() {
             {"role": "user", "content": "And the lighthouse keeper's first night?"}
         ]
     });
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&proxy, &[], &body).await;
     let answer: Value = resp.json().await.expect("json");
     assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(
@@ -238,12 +221,8 @@ async fn tools_and_tool_calls_round_trip_untouched() {
     // Streaming tool-call deltas relay unchanged.
     let mut streaming = body.clone();
     streaming["stream"] = json!(true);
-    let text = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&streaming)
-        .send()
+    let text = chat(&proxy, &[], &streaming)
         .await
-        .expect("send")
         .text()
         .await
         .expect("text");
@@ -388,12 +367,7 @@ async fn compressor_timeout_fails_open_to_the_original() {
     let proxy = Condenser::start(&config(&mock.base_url(), "", compression));
     let huge = long_document().repeat(40);
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": format!("{huge}\n\nWhen?")}]});
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let resp = chat(&proxy, &[], &body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         header(&resp, "x-condenser-fail-open").as_deref(),
