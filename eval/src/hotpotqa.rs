@@ -44,13 +44,10 @@ impl Example {
     }
 }
 
-pub fn load(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Example>> {
+pub fn load(path: &Path) -> anyhow::Result<Vec<Example>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        if limit.is_some_and(|l| out.len() >= l) {
-            break;
-        }
         let line = line?;
         if line.trim().is_empty() {
             continue;

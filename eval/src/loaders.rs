@@ -20,10 +20,7 @@ pub const BENCHMARKS: &[&str] = &["hotpotqa", "qasper", "nq", "ds1000"];
 
 pub fn load(benchmark: &str, path: &Path) -> anyhow::Result<Vec<Record>> {
     match benchmark {
-        "hotpotqa" => Ok(hotpotqa::load(path, None)?
-            .iter()
-            .map(from_hotpotqa)
-            .collect()),
+        "hotpotqa" => Ok(hotpotqa::load(path)?.iter().map(from_hotpotqa).collect()),
         "qasper" => qasper(open_maybe_gz(path)?),
         "nq" => nq(open_maybe_gz(path)?),
         "ds1000" => ds1000(open_maybe_gz(path)?),

@@ -36,7 +36,6 @@ pub trait StreamTranscoder: Send {
 }
 
 pub trait Provider: Send + Sync {
-    fn kind(&self) -> UpstreamKind;
     /// The header carrying an API key.
     fn auth_header(&self, key: &str) -> (&'static str, String);
     /// `None` when the request is forwarded as-is (OpenAI-compatible upstreams).
@@ -52,9 +51,6 @@ pub trait Provider: Send + Sync {
 pub struct OpenAiCompatible;
 
 impl Provider for OpenAiCompatible {
-    fn kind(&self) -> UpstreamKind {
-        UpstreamKind::Openai
-    }
     fn auth_header(&self, key: &str) -> (&'static str, String) {
         ("authorization", format!("Bearer {key}"))
     }

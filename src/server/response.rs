@@ -48,10 +48,11 @@ fn upstream_header(upstream: &str, up: &HttpSession) -> Result<ResponseHeader, E
         .ok_or_else(|| protocol(upstream, "no response header".into()))
 }
 
-/// Upstream headers minus hop-by-hop ones (and minus `skip`), plus `extra`.
+/// Upstream headers minus hop-by-hop ones and minus `skip`, then `set` and `extra` on top.
 fn copy_headers(
     upstream: &ResponseHeader,
     skip: &[&str],
+    set: &[(&'static str, String)],
     extra: &[(&'static str, String)],
 ) -> pingora::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(
@@ -64,7 +65,7 @@ fn copy_headers(
             resp.append_header(name.clone(), value.clone())?;
         }
     }
-    for (name, value) in extra {
+    for (name, value) in set.iter().chain(extra) {
         resp.insert_header(*name, value.as_str())?;
     }
     Ok(resp)
@@ -81,7 +82,7 @@ pub async fn relay(
     let header = upstream_header(upstream, up)?;
     let status = header.status.as_u16();
     let mut resp =
-        copy_headers(&header, &[], extra).map_err(|e| protocol(upstream, e.to_string()))?;
+        copy_headers(&header, &[], &[], extra).map_err(|e| protocol(upstream, e.to_string()))?;
     let bodiless = header.status.is_informational() || matches!(status, 204 | 304);
     if !bodiless && resp.headers.get("content-length").is_none() {
         resp.insert_header("transfer-encoding", "chunked")
@@ -125,16 +126,13 @@ pub async fn translate(
     let status = header.status.as_u16();
     let skip = ["content-length", "content-type", "content-encoding"];
     if (200..300).contains(&status) && t.stream {
-        let mut resp =
-            copy_headers(&header, &skip, extra).map_err(|e| protocol(upstream, e.to_string()))?;
-        for (name, value) in [
-            ("content-type", "text/event-stream"),
-            ("cache-control", "no-cache"),
-            ("transfer-encoding", "chunked"),
-        ] {
-            resp.insert_header(name, value)
-                .map_err(|e| protocol(upstream, e.to_string()))?;
-        }
+        let set = [
+            ("content-type", "text/event-stream".to_string()),
+            ("cache-control", "no-cache".to_string()),
+            ("transfer-encoding", "chunked".to_string()),
+        ];
+        let resp = copy_headers(&header, &skip, &set, extra)
+            .map_err(|e| protocol(upstream, e.to_string()))?;
         client
             .write_response_header(Box::new(resp), false)
             .await
@@ -199,15 +197,12 @@ pub async fn translate(
     } else {
         t.provider.decode_error(status, &body)
     };
-    let mut resp =
-        copy_headers(&header, &skip, extra).map_err(|e| protocol(upstream, e.to_string()))?;
-    for (name, value) in [
+    let set = [
         ("content-type", "application/json".to_string()),
         ("content-length", json.len().to_string()),
-    ] {
-        resp.insert_header(name, value)
-            .map_err(|e| protocol(upstream, e.to_string()))?;
-    }
+    ];
+    let resp =
+        copy_headers(&header, &skip, &set, extra).map_err(|e| protocol(upstream, e.to_string()))?;
     client
         .write_response_header(Box::new(resp), false)
         .await

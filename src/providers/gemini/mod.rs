@@ -12,7 +12,6 @@ use serde_json::{json, Map, Value};
 
 use super::shared::{push_turn, stop_sequences, tool_calls};
 use super::{openai_error, unix_now, EncodedRequest, Provider, StreamTranscoder};
-use crate::config::UpstreamKind;
 use crate::error::ProxyError;
 use crate::openai::ChatRequest;
 
@@ -347,10 +346,6 @@ pub fn decode_error_body(status: u16, body: &[u8]) -> Value {
 }
 
 impl Provider for Gemini {
-    fn kind(&self) -> UpstreamKind {
-        UpstreamKind::Gemini
-    }
-
     fn auth_header(&self, key: &str) -> (&'static str, String) {
         ("x-goog-api-key", key.to_string())
     }
