@@ -28,6 +28,8 @@ pub enum ProxyError {
     UpstreamProtocol { upstream: String, reason: String },
     #[error("client connection failed: {0}")]
     Client(String),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ProxyError {
@@ -45,6 +47,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => (504, "api_error", "upstream_timeout"),
             Self::UpstreamProtocol { .. } => (502, "api_error", "upstream_protocol_error"),
             Self::Client(_) => (400, "invalid_request_error", "client_error"),
+            Self::Internal(_) => (500, "api_error", "internal_error"),
         }
     }
 

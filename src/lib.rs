@@ -5,6 +5,7 @@
 
 pub mod compress;
 pub mod config;
+pub mod equivalence;
 pub mod error;
 #[cfg(feature = "local-model")]
 pub mod llm;
@@ -12,3 +13,4 @@ pub mod openai;
 pub mod providers;
 pub mod routing;
 pub mod server;
+pub mod shadow;

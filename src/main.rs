@@ -41,6 +41,22 @@ enum Command {
         #[arg(long, default_value = "proxy.toml")]
         config: PathBuf,
     },
+    /// Shadow A/B report per route from the shadow store.
+    Report {
+        #[arg(long, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// The store to read (default: `[shadow] store` of the config).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long)]
+        route: Option<String>,
+        /// Only samples from the last DURATION (e.g. 24h, 7d, 30m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON instead of markdown.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -48,6 +64,13 @@ fn main() {
     let result = match cli.command {
         Command::Serve { config, listen } => serve(&config, listen),
         Command::Check { config } => check(&config),
+        Command::Report {
+            config,
+            store,
+            route,
+            since,
+            json,
+        } => report(&config, store, route.as_deref(), since.as_deref(), json),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
@@ -106,17 +129,78 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     ));
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    let admin_listen = cfg.server.admin_listen;
     let state = Arc::new(AppState::new(cfg, connector).map_err(anyhow::Error::msg)?);
+    let shadow = state.shadow.clone();
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Condenser::new(state),
         "condenser",
     );
     service.add_tcp(&listen.to_string());
+    if let Some(admin) = admin_listen {
+        service.add_tcp(&admin.to_string());
+        tracing::info!(%admin, "admin endpoints listening");
+    }
     server.add_service(service);
     announce_when_listening(listen);
     tracing::info!(%listen, threads, "starting condenser");
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Requests have finished; shadow samples still in flight are stored before exit.
+    if let Some(shadow) = shadow {
+        let left = shadow.drain(SHADOW_DRAIN);
+        if left > 0 {
+            tracing::warn!(left, "shadow samples still in flight at exit");
+        } else {
+            tracing::info!("shadow samples drained");
+        }
+    }
+    Ok(())
+}
+
+/// Longest the process waits at shutdown for shadow samples to be stored and scored.
+const SHADOW_DRAIN: Duration = Duration::from_secs(30);
+
+fn parse_since(text: &str) -> anyhow::Result<i64> {
+    let (number, unit) = text.split_at(text.trim_end_matches(char::is_alphabetic).len());
+    let n: i64 = number
+        .parse()
+        .with_context(|| format!("`{text}` is not a duration like 24h"))?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => anyhow::bail!("`{text}`: the unit must be s, m, h or d"),
+    };
+    Ok(condenser::shadow::now_ms() - n * ms)
+}
+
+fn report(
+    path: &std::path::Path,
+    store: Option<PathBuf>,
+    route: Option<&str>,
+    since: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use condenser::shadow::store::{ShadowStore, SqliteStore};
+    let store = match store {
+        Some(store) => store,
+        None => config::load(path)?
+            .shadow
+            .map(|s| s.store)
+            .context("the config has no [shadow] section; pass --store")?,
+    };
+    anyhow::ensure!(store.is_file(), "{} does not exist", store.display());
+    let since = since.map(parse_since).transpose()?.unwrap_or(0);
+    let samples = SqliteStore::open(&store)?.samples(route, since)?;
+    let reports = condenser::shadow::report::summarise(&samples);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", condenser::shadow::report::markdown(&reports));
+    }
+    Ok(())
 }
 
 /// Prints `listening on ADDR` once the socket accepts connections (pingora binds inside

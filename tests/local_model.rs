@@ -22,11 +22,9 @@ fn model_path() -> PathBuf {
 
 fn load(workers: usize, queue: usize) -> LocalModel {
     LocalModel::load(&LocalModelConfig {
-        path: model_path(),
-        threads: 2,
-        context: 2048,
         workers,
         queue,
+        ..LocalModelConfig::cpu(model_path(), 2, 2048)
     })
     .expect("model loads")
 }

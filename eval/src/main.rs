@@ -1,11 +1,13 @@
 //! `condenser-eval`: offline measurements of condenser's compressors.
 
+mod downstream;
 mod hotpotqa;
 mod loaders;
 mod metrics;
 mod ratio;
 mod recall;
 mod record;
+mod task_model;
 
 use std::path::PathBuf;
 
@@ -13,7 +15,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
-use condenser::compress::{build, kind_from_name, Compressor, Extractive, Tokenizer};
+use condenser::compress::{build, kind_from_name, Compressor, Extractive, Prune, Tokenizer};
+use condenser::llm::{LocalModel, LocalModelConfig};
+use std::time::Duration;
 use condenser::config::CompressorKind;
 
 #[derive(Parser)]
@@ -85,8 +89,55 @@ enum Command {
         /// Extractive tuning: bonus of a paragraph's first sentence.
         #[arg(long)]
         lead_bonus: Option<f64>,
+        /// GGUF model of the `prune` compressor.
+        #[arg(long, default_value = DEFAULT_COMPRESSOR_MODEL)]
+        compressor_model: PathBuf,
+    },
+    /// Answers every example with a task model, full context vs each compressed context.
+    Downstream {
+        /// Records written by `prepare`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Answers, one JSON line each (appended to with --resume).
+        #[arg(long)]
+        output: PathBuf,
+        /// `local:PATH.gguf`, or `URL#MODEL` for an OpenAI-compatible endpoint (e.g. condenser).
+        #[arg(long)]
+        task_model: String,
+        #[arg(long, value_delimiter = ',', default_value = "truncate,extractive")]
+        compressors: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "0.35,0.5")]
+        ratios: Vec<f64>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Continue an existing output file, skipping answers already in it.
+        #[arg(long)]
+        resume: bool,
+        /// Stop before the estimated spend (this run plus the resumed file) passes this many USD.
+        #[arg(long)]
+        max_cost: Option<f64>,
+        /// Task-model price, USD per million input tokens (remote models).
+        #[arg(long, default_value_t = 0.0)]
+        price_input: f64,
+        /// Task-model price, USD per million output tokens (remote models).
+        #[arg(long, default_value_t = 0.0)]
+        price_output: f64,
+        /// Answers in flight at once (local models: one llama.cpp context each).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// CPU threads per local task-model context.
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Context window of the local task model, in tokens.
+        #[arg(long, default_value_t = 8192)]
+        context: u32,
+        /// GGUF model of the `prune` compressor.
+        #[arg(long, default_value = DEFAULT_COMPRESSOR_MODEL)]
+        compressor_model: PathBuf,
     },
 }
+
+const DEFAULT_COMPRESSOR_MODEL: &str = "adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Records from an official file, or from a file `prepare` wrote.
 fn records(benchmark: &str, input: &std::path::Path) -> anyhow::Result<Vec<record::Record>> {
@@ -97,13 +148,41 @@ fn records(benchmark: &str, input: &std::path::Path) -> anyhow::Result<Vec<recor
     }
 }
 
-fn compressor_for(name: &str, extractive: &Extractive) -> anyhow::Result<Arc<dyn Compressor>> {
+/// Where `prune` finds its model; loaded once, on first use.
+struct CompressorModel {
+    path: PathBuf,
+    loaded: Option<Arc<LocalModel>>,
+}
+
+impl CompressorModel {
+    fn new(path: PathBuf) -> Self {
+        Self { path, loaded: None }
+    }
+
+    fn get(&mut self) -> anyhow::Result<Arc<LocalModel>> {
+        if let Some(model) = &self.loaded {
+            return Ok(model.clone());
+        }
+        let model = Arc::new(
+            LocalModel::load(&LocalModelConfig::cpu(&self.path, 2, 8192))
+                .with_context(|| format!("loading {}", self.path.display()))?,
+        );
+        self.loaded = Some(model.clone());
+        Ok(model)
+    }
+}
+
+fn compressor_for(
+    name: &str,
+    extractive: &Extractive,
+    local: &mut CompressorModel,
+) -> anyhow::Result<Arc<dyn Compressor>> {
     let kind = kind_from_name(name).with_context(|| format!("unknown compressor `{name}`"))?;
     match kind {
         CompressorKind::Extractive => Ok(Arc::new(extractive.clone())),
-        other => build(other).with_context(|| {
-            format!("`{name}` needs a local model; condenser-eval does not load one yet")
-        }),
+        // Offline there is no request deadline: the model may take as long as it needs.
+        CompressorKind::Prune => Ok(Arc::new(Prune::new(local.get()?, Duration::from_secs(600)))),
+        other => build(other).with_context(|| format!("`{name}` cannot be built offline")),
     }
 }
 
@@ -134,7 +213,11 @@ fn main() -> anyhow::Result<()> {
             let records = record::read_jsonl(&input)?;
             let mut rows = Vec::new();
             for name in &compressors {
-                let compressor = compressor_for(name, &Extractive::default())?;
+                let compressor = compressor_for(
+                    name,
+                    &Extractive::default(),
+                    &mut CompressorModel::new(DEFAULT_COMPRESSOR_MODEL.into()),
+                )?;
                 let targets: &[f64] = if name == "identity" { &[1.0] } else { &ratios };
                 for &target in targets {
                     eprintln!("  {name} @ {target}");
@@ -153,7 +236,9 @@ fn main() -> anyhow::Result<()> {
             paragraph_weight,
             expansion_weight,
             lead_bonus,
+            compressor_model,
         } => {
+            let mut local = CompressorModel::new(compressor_model);
             let defaults = Extractive::default();
             let extractive = Extractive {
                 paragraph_weight: paragraph_weight.unwrap_or(defaults.paragraph_weight),
@@ -173,7 +258,7 @@ fn main() -> anyhow::Result<()> {
             );
             let mut rows = Vec::new();
             for name in &compressors {
-                let compressor = compressor_for(name, &extractive)?;
+                let compressor = compressor_for(name, &extractive, &mut local)?;
                 let ratios: &[f64] = if name == "identity" { &[1.0] } else { &ratios };
                 for &ratio in ratios {
                     rows.push(recall::run(
@@ -185,6 +270,55 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             print!("{}", recall::markdown(&rows, examples.len()));
+        }
+        Command::Downstream {
+            input,
+            output,
+            task_model,
+            compressors,
+            ratios,
+            limit,
+            resume,
+            max_cost,
+            price_input,
+            price_output,
+            concurrency,
+            threads,
+            context,
+            compressor_model,
+        } => {
+            let records = record::sample(record::read_jsonl(&input)?, limit, None);
+            let mut local = CompressorModel::new(compressor_model);
+            let compressors = compressors
+                .iter()
+                .map(|name| Ok((name.clone(), compressor_for(name, &Extractive::default(), &mut local)?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let model = task_model::TaskModel::open(&task_model, threads, context, concurrency)?;
+            eprintln!("task model {} on {} records", model.name(), records.len());
+            let summary = downstream::run(
+                &records,
+                &model,
+                &downstream::Settings {
+                    compressors,
+                    ratios,
+                    output: &output,
+                    resume,
+                    max_cost,
+                    price: task_model::Price {
+                        input: price_input,
+                        output: price_output,
+                    },
+                    concurrency,
+                },
+            )?;
+            eprintln!(
+                "answered {}, already done {}, failed {}, spent ${:.4}{}",
+                summary.answered,
+                summary.skipped,
+                summary.failed,
+                summary.spent_usd,
+                if summary.stopped_by_cap { " — stopped at --max-cost" } else { "" }
+            );
         }
     }
     Ok(())

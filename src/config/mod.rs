@@ -3,6 +3,7 @@
 //! the runtime types the proxy uses.
 
 mod raw;
+mod shadow;
 mod validate;
 
 use std::path::Path;
@@ -12,6 +13,7 @@ pub use raw::{
     CompressorKind, RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer,
     RawUpstream, Role,
 };
+pub use shadow::{Leg, RawPrice, Rollout, RouteShadow, ShadowSettings};
 pub use validate::{
     CompressionSettings, Config, LocalModelSettings, Route, ServerSettings, UpstreamSettings,
 };

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::shadow::{RawRollout, RawRouteShadow, RawShadow};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -14,6 +16,7 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub compressors: RawCompressors,
+    pub shadow: Option<RawShadow>,
 }
 
 /// Model-backed compressors, each configured once and shared by every route.
@@ -39,6 +42,9 @@ pub struct RawLocalModel {
     /// Longest one call may wait for the model, queueing included.
     #[serde(default = "default_model_timeout_ms")]
     pub timeout_ms: u64,
+    /// Layers offloaded to the GPU in `cuda` / `metal` builds.
+    #[serde(default)]
+    pub gpu_layers: u32,
 }
 
 fn default_model_threads() -> i32 {
@@ -75,6 +81,8 @@ pub struct RawServer {
     pub grace_period_seconds: u64,
     /// Bytes of compressed text kept in the compression cache.
     pub compression_cache_bytes: u64,
+    /// Listener for `/admin/*` (shadow report); absent: no admin endpoints.
+    pub admin_listen: Option<String>,
 }
 
 impl Default for RawServer {
@@ -86,6 +94,7 @@ impl Default for RawServer {
             threads: 0,
             grace_period_seconds: 5,
             compression_cache_bytes: 64 * 1024 * 1024,
+            admin_listen: None,
         }
     }
 }
@@ -135,6 +144,7 @@ pub struct RawRoute {
     pub upstream: String,
     #[serde(default)]
     pub compression: RawCompression,
+    pub shadow: Option<RawRouteShadow>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -170,6 +180,12 @@ pub struct RawCompression {
     pub roles: Vec<Role>,
     /// Longest a compressor may take before the original request is forwarded.
     pub timeout_ms: u64,
+    /// `manual` (`enabled` decides) or `auto` (the route's shadow pass rate decides).
+    pub rollout: RawRollout,
+    /// Auto rollout: scored samples needed before compression is served.
+    pub min_samples: usize,
+    /// Auto rollout: pass rate (net of the noise floor) compression must keep.
+    pub min_pass_rate: f64,
 }
 
 impl Default for RawCompression {
@@ -181,6 +197,9 @@ impl Default for RawCompression {
             target_ratio: 0.35,
             roles: vec![Role::System, Role::Developer, Role::User, Role::Tool],
             timeout_ms: 250,
+            rollout: RawRollout::Manual,
+            min_samples: 50,
+            min_pass_rate: 0.95,
         }
     }
 }

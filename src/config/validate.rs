@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use super::shadow::{
+    validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
+};
 use super::raw::{CompressorKind, RawCompression, RawConfig, RawLocalModel, Role, UpstreamKind};
 use super::ConfigError;
 
@@ -16,6 +19,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[compressors.prune]`: the local model behind the `prune` compressor.
     pub prune: Option<LocalModelSettings>,
+    /// `[shadow]`: where samples are stored and how they are scored.
+    pub shadow: Option<ShadowSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +31,7 @@ pub struct LocalModelSettings {
     pub workers: usize,
     pub queue: usize,
     pub timeout_ms: u64,
+    pub gpu_layers: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +43,7 @@ pub struct ServerSettings {
     pub threads: usize,
     pub grace_period_seconds: u64,
     pub compression_cache_bytes: u64,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +68,8 @@ pub struct Route {
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     pub compression: CompressionSettings,
+    /// `[routes.shadow]`: sampled requests also sent in their other version and compared.
+    pub shadow: Option<RouteShadow>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +80,7 @@ pub struct CompressionSettings {
     pub target_ratio: f64,
     pub roles: Vec<Role>,
     pub timeout_ms: u64,
+    pub rollout: Rollout,
 }
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -80,6 +90,21 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("`{}` is not an IP:port address", raw.server.listen),
         )
     })?;
+    let admin_listen = match &raw.server.admin_listen {
+        None => None,
+        Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                "server.admin_listen",
+                format!("`{addr}` is not an IP:port address"),
+            )
+        })?),
+    };
+    if admin_listen == Some(listen) {
+        return Err(ConfigError::invalid(
+            "server.admin_listen",
+            "must differ from server.listen",
+        ));
+    }
     if raw.server.max_body_bytes == 0 {
         return Err(ConfigError::invalid("server.max_body_bytes", "must be > 0"));
     }
@@ -154,12 +179,30 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .map_err(|e| ConfigError::invalid(key("models"), e.to_string()))?;
         let compression =
             validate_compression(&r.compression, &format!("routes[{i}].compression"))?;
+        let shadow = r
+            .shadow
+            .as_ref()
+            .map(|s| validate_route_shadow(s, &key("shadow")))
+            .transpose()?;
+        if matches!(compression.rollout, Rollout::Auto { .. }) && shadow.is_none() {
+            return Err(ConfigError::invalid(
+                key("compression.rollout"),
+                "`auto` decides from shadow samples: add a [routes.shadow] section",
+            ));
+        }
+        if shadow.is_some() && raw.shadow.is_none() {
+            return Err(ConfigError::invalid(
+                key("shadow"),
+                "needs a top-level [shadow] section (store, gates)",
+            ));
+        }
         routes.push(Route {
             name: r.name.clone(),
             model_patterns: r.models.clone(),
             models,
             upstream,
             compression,
+            shadow,
         });
     }
 
@@ -193,10 +236,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             threads: raw.server.threads,
             grace_period_seconds: raw.server.grace_period_seconds,
             compression_cache_bytes: raw.server.compression_cache_bytes,
+            admin_listen,
         },
         upstreams,
         routes,
         prune,
+        shadow: raw.shadow.as_ref().map(validate_shadow).transpose()?,
     })
 }
 
@@ -230,6 +275,7 @@ fn validate_local_model(raw: &RawLocalModel) -> Result<LocalModelSettings, Confi
         workers: raw.workers,
         queue: raw.queue,
         timeout_ms: raw.timeout_ms,
+        gpu_layers: raw.gpu_layers,
     })
 }
 
@@ -262,6 +308,7 @@ fn validate_compression(
         target_ratio: raw.target_ratio,
         roles: raw.roles.clone(),
         timeout_ms: raw.timeout_ms,
+        rollout: validate_rollout(raw.rollout, raw.min_samples, raw.min_pass_rate, key)?,
     })
 }
 

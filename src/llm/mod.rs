@@ -2,6 +2,11 @@
 //! The model is loaded once for the process; each worker thread owns one `LlamaContext` (a
 //! context borrows the model and is not shareable), and requests reach the workers through a
 //! bounded queue. A full queue or a missed deadline is an error the caller fails open on.
+//! What a worker computes lives beside this file: token self-information (`score.rs`) and greedy
+//! chat generation (`generate.rs`).
+
+mod generate;
+mod score;
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -11,16 +16,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
+
+pub use generate::{ChatTurn, Generation};
 
 #[derive(Debug, Clone)]
 pub struct LocalModelConfig {
     pub path: PathBuf,
+    /// A GGUF LoRA adapter applied at runtime, with its scale (llama.cpp multiplies it by the
+    /// adapter's alpha / rank).
+    pub lora: Option<(PathBuf, f32)>,
     /// CPU threads per worker.
     pub threads: i32,
     /// Context window per worker, in tokens.
@@ -28,6 +35,22 @@ pub struct LocalModelConfig {
     pub workers: usize,
     /// Requests waiting beyond the ones being served; more are refused.
     pub queue: usize,
+    /// Layers offloaded to the GPU (`cuda` / `metal` builds); 0 on CPU.
+    pub gpu_layers: u32,
+}
+
+impl LocalModelConfig {
+    pub fn cpu(path: impl Into<PathBuf>, threads: i32, context: u32) -> Self {
+        Self {
+            path: path.into(),
+            lora: None,
+            threads,
+            context,
+            workers: 1,
+            queue: 16,
+            gpu_layers: 0,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +61,8 @@ pub enum LlmError {
     QueueFull,
     #[error("the local model missed its deadline")]
     Deadline,
+    #[error("the prompt has {prompt} tokens; the context holds {context}")]
+    TooLong { prompt: usize, context: usize },
     #[error("local model failure: {0}")]
     Worker(String),
 }
@@ -50,11 +75,22 @@ pub struct TokenSurprisal {
     pub bits: f32,
 }
 
+enum Task {
+    Score {
+        prefix: String,
+        text: String,
+        reply: SyncSender<Result<Vec<TokenSurprisal>, LlmError>>,
+    },
+    Generate {
+        turns: Vec<ChatTurn>,
+        max_tokens: usize,
+        reply: SyncSender<Result<Generation, LlmError>>,
+    },
+}
+
 struct Job {
-    prefix: String,
-    text: String,
+    task: Task,
     deadline: Instant,
-    reply: SyncSender<Result<Vec<TokenSurprisal>, LlmError>>,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +118,8 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
 }
 
 impl LocalModel {
-    /// Loads the model and starts the workers; returns once every worker has its context.
+    /// Loads the model (and its adapter) and starts the workers; returns once every worker has
+    /// its context.
     pub fn load(config: &LocalModelConfig) -> Result<Self, LlmError> {
         let backend = backend()?;
         if !config.path.is_file() {
@@ -91,8 +128,21 @@ impl LocalModel {
                 config.path.display()
             )));
         }
-        let model = LlamaModel::load_from_file(backend, &config.path, &LlamaModelParams::default())
+        let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
+        let mut model = LlamaModel::load_from_file(backend, &config.path, &params)
             .map_err(|e| LlmError::Load(e.to_string()))?;
+        let adapter = match &config.lora {
+            Some((path, scale)) => {
+                if !path.is_file() {
+                    return Err(LlmError::Load(format!("{} does not exist", path.display())));
+                }
+                let adapter = model
+                    .lora_adapter_init(path)
+                    .map_err(|e| LlmError::Load(format!("{}: {e}", path.display())))?;
+                Some((Arc::new(Mutex::new(adapter)), *scale))
+            }
+            None => None,
+        };
         // Shared by every worker for the life of the process.
         let model: &'static LlamaModel = Box::leak(Box::new(model));
         let (jobs, queue) = sync_channel::<Job>(config.queue.max(1));
@@ -103,9 +153,12 @@ impl LocalModel {
             let queue = queue.clone();
             let stats = stats.clone();
             let config = config.clone();
+            let adapter = adapter.clone();
             std::thread::Builder::new()
                 .name(format!("llm-worker-{worker}"))
-                .spawn(move || run_worker(model, backend, &config, &queue, &stats, &ready_tx))
+                .spawn(move || {
+                    run_worker(model, backend, &config, adapter, &queue, &stats, &ready_tx)
+                })
                 .map_err(|e| LlmError::Load(e.to_string()))?;
             // Contexts are created one at a time: llama.cpp mutates the model while creating one.
             ready_rx
@@ -124,22 +177,52 @@ impl LocalModel {
         timeout: Duration,
     ) -> Result<Vec<TokenSurprisal>, LlmError> {
         let (reply, answer) = sync_channel(1);
-        let job = Job {
+        let task = Task::Score {
             prefix: prefix.to_string(),
             text: text.to_string(),
-            deadline: Instant::now() + timeout,
             reply,
         };
+        self.submit(task, timeout)?;
+        self.await_reply(&answer, timeout)
+    }
+
+    /// Greedy (deterministic) completion of a chat, rendered with the model's own template.
+    pub fn generate(
+        &self,
+        turns: &[ChatTurn],
+        max_tokens: usize,
+        timeout: Duration,
+    ) -> Result<Generation, LlmError> {
+        let (reply, answer) = sync_channel(1);
+        let task = Task::Generate {
+            turns: turns.to_vec(),
+            max_tokens,
+            reply,
+        };
+        self.submit(task, timeout)?;
+        self.await_reply(&answer, timeout)
+    }
+
+    fn submit(&self, task: Task, timeout: Duration) -> Result<(), LlmError> {
+        let job = Job {
+            task,
+            deadline: Instant::now() + timeout,
+        };
         match self.jobs.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-                return Err(LlmError::QueueFull);
+                Err(LlmError::QueueFull)
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(LlmError::Worker("workers stopped".into()))
-            }
+            Err(TrySendError::Disconnected(_)) => Err(LlmError::Worker("workers stopped".into())),
         }
+    }
+
+    fn await_reply<T>(
+        &self,
+        answer: &Receiver<Result<T, LlmError>>,
+        timeout: Duration,
+    ) -> Result<T, LlmError> {
         match answer.recv_timeout(timeout) {
             Ok(result) => result,
             Err(_) => {
@@ -154,6 +237,7 @@ fn run_worker(
     model: &'static LlamaModel,
     backend: &'static LlamaBackend,
     config: &LocalModelConfig,
+    adapter: Option<(Arc<Mutex<LlamaLoraAdapter>>, f32)>,
     queue: &Mutex<Receiver<Job>>,
     stats: &LocalModelStats,
     ready: &SyncSender<Result<(), String>>,
@@ -164,15 +248,25 @@ fn run_worker(
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads);
     let mut ctx = match model.new_context(backend, params) {
-        Ok(ctx) => {
-            let _ = ready.send(Ok(()));
-            ctx
-        }
+        Ok(ctx) => ctx,
         Err(e) => {
             let _ = ready.send(Err(e.to_string()));
             return;
         }
     };
+    if let Some((adapter, scale)) = adapter {
+        let attached = match adapter.lock() {
+            Ok(mut adapter) => ctx
+                .lora_adapter_set(&mut adapter, scale)
+                .map_err(|e| format!("attaching the LoRA adapter: {e}")),
+            Err(_) => Err("LoRA adapter lock poisoned".to_string()),
+        };
+        if let Err(e) = attached {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    }
+    let _ = ready.send(Ok(()));
     loop {
         let job = match queue.lock() {
             Ok(guard) => match guard.recv() {
@@ -181,75 +275,33 @@ fn run_worker(
             },
             Err(_) => return,
         };
-        let result = if Instant::now() >= job.deadline {
-            Err(LlmError::Deadline)
-        } else {
-            score(model, &mut ctx, &job)
-        };
-        stats.served.fetch_add(1, Ordering::Relaxed);
-        let _ = job.reply.send(result);
-    }
-}
-
-/// One prefill pass per window with logits at the positions that predict text tokens; each
-/// position is reduced to the next token's log-probability at once (a full logits buffer for a
-/// long text would be hundreds of MB).
-fn score(
-    model: &LlamaModel,
-    ctx: &mut LlamaContext<'_>,
-    job: &Job,
-) -> Result<Vec<TokenSurprisal>, LlmError> {
-    let vocab = model.vocab();
-    let prefix = vocab.tokenize(job.prefix.as_bytes(), true, false);
-    let text = vocab.tokenize(job.text.as_bytes(), false, false);
-    let n_ctx = ctx.n_ctx() as usize;
-    let window = n_ctx.saturating_sub(prefix.len() + 1);
-    if window < 32 {
-        return Err(LlmError::Worker(format!(
-            "context of {n_ctx} tokens is too small for the prefix"
-        )));
-    }
-    let mut out = Vec::with_capacity(text.len());
-    let batch_size = 512;
-    let mut batch = LlamaBatch::new(batch_size, 1);
-    for chunk in text.chunks(window) {
-        ctx.clear_kv_cache();
-        let all: Vec<LlamaToken> = prefix.iter().chain(chunk.iter()).copied().collect();
-        let first_scored = prefix.len().max(1) - 1;
-        for (start, piece) in all
-            .chunks(batch_size)
-            .enumerate()
-            .map(|(i, p)| (i * batch_size, p))
-        {
-            if Instant::now() >= job.deadline {
-                return Err(LlmError::Deadline);
+        let late = Instant::now() >= job.deadline;
+        match job.task {
+            Task::Score {
+                prefix,
+                text,
+                reply,
+            } => {
+                let result = if late {
+                    Err(LlmError::Deadline)
+                } else {
+                    score::surprisal(model, &mut ctx, &prefix, &text, job.deadline)
+                };
+                let _ = reply.send(result);
             }
-            batch.clear();
-            for (k, token) in piece.iter().enumerate() {
-                let pos = start + k;
-                let wants_logits = pos >= first_scored && pos + 1 < all.len();
-                batch
-                    .add(*token, pos as i32, &[0], wants_logits)
-                    .map_err(|e| LlmError::Worker(e.to_string()))?;
-            }
-            ctx.decode(&mut batch)
-                .map_err(|e| LlmError::Worker(e.to_string()))?;
-            for (k, _) in piece.iter().enumerate() {
-                let pos = start + k;
-                if pos < first_scored || pos + 1 >= all.len() {
-                    continue;
-                }
-                let logits = ctx.get_logits_ith(k as i32);
-                let next = all[pos + 1];
-                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
-                let logprob = logits[next.0 as usize] - max - sum.ln();
-                out.push(TokenSurprisal {
-                    bytes: vocab.token_to_piece(next, false, None),
-                    bits: -logprob / std::f32::consts::LN_2,
-                });
+            Task::Generate {
+                turns,
+                max_tokens,
+                reply,
+            } => {
+                let result = if late {
+                    Err(LlmError::Deadline)
+                } else {
+                    generate::complete(model, &mut ctx, &turns, max_tokens, job.deadline)
+                };
+                let _ = reply.send(result);
             }
         }
+        stats.served.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(out)
 }

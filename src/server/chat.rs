@@ -5,11 +5,16 @@
 use bytes::Bytes;
 use pingora::proxy::Session;
 
-use super::response::{ResponseMode, Translation};
+use super::response::{Capture, ResponseMode, Translation};
 use super::upstream::ExchangeError;
+use super::shadowing::{start_shadow, estimate_leg_cost};
 use super::{body, header_str, AppState, RequestLog};
+use crate::equivalence::Answer;
+use crate::shadow::{LegAnswer, Pending};
+use std::sync::Arc;
+use std::time::Instant;
 use crate::compress::{kind_from_name, CompressionOutcome, Pipeline, Tokenizer};
-use crate::config::CompressorKind;
+use crate::config::{CompressorKind, Leg, Rollout};
 use crate::error::ProxyError;
 use crate::openai::ChatRequest;
 
@@ -36,6 +41,8 @@ pub(super) struct Prepared {
     pub route: usize,
     pub compressor: Option<CompressorKind>,
     pub tokenizer: Tokenizer,
+    /// The client chose compression itself (`x-condenser-compress`): never shadowed.
+    pub client_chose: bool,
 }
 
 /// Reads and validates the body, routes it, and decides the compressor (shared with the
@@ -52,12 +59,17 @@ pub(super) async fn prepare(
         Some(&request.model),
     )?;
     let settings = &state.router.route(route).compression;
-    log.route = Some(state.router.route(route).name.clone());
-    let compressor = requested_compressor(
-        header_str(session, "x-condenser-compress"),
-        settings.enabled,
-        settings.compressor,
-    )?;
+    let name = &state.router.route(route).name;
+    log.route = Some(name.clone());
+    // An auto-rollout route compresses while its shadow verdicts allow it.
+    let enabled = match settings.rollout {
+        Rollout::Manual => settings.enabled,
+        Rollout::Auto { .. } => {
+            state.shadow.as_ref().and_then(|s| s.serving(name)) == Some(Leg::Compressed)
+        }
+    };
+    let choice = header_str(session, "x-condenser-compress");
+    let compressor = requested_compressor(choice, enabled, settings.compressor)?;
     let tokenizer = Tokenizer::for_model(&request.model);
     Ok(Prepared {
         raw,
@@ -65,6 +77,7 @@ pub(super) async fn prepare(
         route,
         compressor,
         tokenizer,
+        client_chose: choice.is_some(),
     })
 }
 
@@ -116,7 +129,7 @@ pub(super) fn accounting_headers(
 }
 
 pub async fn handle(
-    state: &AppState,
+    state: &Arc<AppState>,
     session: &mut Session,
     log: &mut RequestLog,
 ) -> Result<(), ExchangeError> {
@@ -124,20 +137,41 @@ pub async fn handle(
     let Prepared {
         raw,
         mut request,
-        route,
+        route: route_index,
         compressor,
         tokenizer,
+        client_chose,
     } = prepare(state, session, log).await.map_err(before)?;
-    let outcome = compress(
+    let route = state.router.route(route_index);
+    let sampled = match &state.shadow {
+        Some(shadow) if !client_chose => {
+            let estimate = estimate_leg_cost(shadow, route, &request.model, raw.len());
+            shadow.try_sample(route, estimate).then_some((shadow, estimate))
+        }
+        _ => None,
+    };
+    let original = sampled.map(|_| request.messages().to_vec());
+    let shadow_compressor = compressor.or(Some(route.compression.compressor));
+    let mut outcome = compress(
         state,
         request.messages_mut(),
-        route,
-        compressor,
+        route_index,
+        if sampled.is_some() { shadow_compressor } else { compressor },
         tokenizer,
         log,
     )
     .await;
-    let route = state.router.route(route);
+    let mut shadowing = None;
+    if let (Some((shadow, reserved)), Some(original)) = (sampled, original) {
+        match start_shadow(state, shadow, session, route_index, &mut request, original, &mut outcome) {
+            Ok(Some(s)) => shadowing = Some((shadow, reserved, s)),
+            Ok(None) => shadow.abandon(&route.name, reserved, Vec::new()),
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "cannot start a shadow leg");
+                shadow.abandon(&route.name, reserved, Vec::new());
+            }
+        }
+    }
     let upstream = &state.upstreams[route.upstream];
     let encoded = upstream.provider.encode_chat(&request).map_err(before)?;
     let (path, upstream_body, provider_headers, mode) = match encoded {
@@ -181,7 +215,10 @@ pub async fn handle(
             &provider_headers,
         )
         .map_err(before)?;
-    let extra = accounting_headers(&outcome, &route.name, tokenizer, &request.model);
+    let mut extra = accounting_headers(&outcome, &route.name, tokenizer, &request.model);
+    if let Some((_, _, s)) = &shadowing {
+        extra.push(("x-condenser-shadow", s.served.as_str().to_string()));
+    }
     tracing::debug!(
         route = %route.name,
         model = %request.model,
@@ -190,6 +227,8 @@ pub async fn handle(
         tokens_after = outcome.tokens_after,
         "forwarding chat completion"
     );
+    let mut capture = shadowing.as_ref().map(|_| Capture::default());
+    let started = Instant::now();
     let status = upstream
         .exchange(
             &state.connector,
@@ -198,9 +237,42 @@ pub async fn handle(
             upstream_body,
             &extra,
             mode,
+            capture.as_mut(),
         )
-        .await?;
-    log.status = status;
+        .await;
+    if let Some((shadow, reserved, s)) = shadowing {
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let answer = match (&status, capture) {
+            (Ok(200..=299), Some(c)) if !c.overflowed => {
+                if request.stream {
+                    Answer::from_stream(&c.bytes)
+                } else {
+                    Answer::from_completion(&c.bytes)
+                }
+            }
+            _ => None,
+        };
+        match answer {
+            Some(answer) => shadow.submit(Pending {
+                route: route.name.clone(),
+                model: request.model.clone(),
+                compressor: outcome.compressor.to_string(),
+                served: s.served,
+                request_text: s.request_text,
+                tokens_original: s.tokens_original,
+                tokens_compressed: s.tokens_compressed,
+                client: LegAnswer { answer, latency_ms },
+                other: s.other,
+                noise: s.noise,
+                reserved_usd: reserved,
+            }),
+            None => {
+                let legs = std::iter::once(s.other).chain(s.noise).collect();
+                shadow.abandon(&route.name, reserved, legs);
+            }
+        }
+    }
+    log.status = status?;
     Ok(())
 }
 

@@ -28,6 +28,7 @@ pub async fn handle(
         route,
         compressor,
         tokenizer,
+        ..
     } = prepare(state, session, log).await.map_err(before)?;
     let route_settings = state.router.route(route);
     let upstream = &state.upstreams[route_settings.upstream];
@@ -65,6 +66,7 @@ pub async fn handle(
             body,
             &extra,
             ResponseMode::Relay,
+            None
         )
         .await?;
     Ok(())

@@ -13,6 +13,7 @@ mod messages;
 mod passthrough;
 mod respond;
 mod response;
+mod shadowing;
 pub mod upstream;
 
 use std::sync::atomic::Ordering;
@@ -30,6 +31,7 @@ use crate::compress::Pipeline;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::routing::Router;
+use crate::shadow::Shadow;
 use upstream::{ExchangeError, Upstream};
 
 /// Everything a request needs, built once at start-up.
@@ -39,6 +41,10 @@ pub struct AppState {
     pub upstreams: Vec<Upstream>,
     pub pipeline: Pipeline,
     pub connector: Connector,
+    /// `[shadow]`: sampling, background legs and scoring; `None` when not configured.
+    pub shadow: Option<Arc<Shadow>>,
+    /// Connection pool of the shadow runtime (background legs and the judge).
+    pub shadow_connector: Arc<Connector>,
 }
 
 impl AppState {
@@ -55,12 +61,37 @@ impl AppState {
             Pipeline::new(config.server.compression_cache_bytes),
             &config,
         )?;
+        let shadow_connector = Arc::new(Connector::new(None));
+        let shadow = match &config.shadow {
+            None => None,
+            Some(settings) => {
+                let judge = match &settings.judge_model {
+                    None => None,
+                    Some(model) => {
+                        let route = router
+                            .select(None, Some(model))
+                            .map_err(|e| format!("shadow.judge_model: {e}"))?;
+                        let upstream = router.route(route).upstream;
+                        let judge: Arc<dyn crate::equivalence::JudgeClient> =
+                            Arc::new(shadowing::RouteJudge::new(
+                                Upstream::new(config.upstreams[upstream].clone()),
+                                shadow_connector.clone(),
+                                model.clone(),
+                            ));
+                        Some(judge)
+                    }
+                };
+                Some(Shadow::start(settings.clone(), &config.routes, judge)?)
+            }
+        };
         Ok(Self {
             config,
             router,
             upstreams,
             pipeline,
             connector,
+            shadow,
+            shadow_connector,
         })
     }
 }
@@ -76,10 +107,12 @@ fn with_local_models(pipeline: Pipeline, config: &Config) -> Result<Pipeline, St
     };
     let model = LocalModel::load(&LocalModelConfig {
         path: settings.model.clone(),
+        lora: None,
         threads: settings.threads,
         context: settings.context,
         workers: settings.workers,
         queue: settings.queue,
+        gpu_layers: settings.gpu_layers,
     })
     .map_err(|e| format!("compressors.prune: {e}"))?;
     tracing::info!(model = %settings.model.display(), workers = settings.workers, "local model loaded");
@@ -152,6 +185,24 @@ impl Condenser {
                 let body = models_body(&state.config);
                 self.reply(session, log, 200, body).await
             }
+            ("GET", "/admin/shadow") if self.on_admin_listener(session) => {
+                let Some(shadow) = &state.shadow else {
+                    return Err(ExchangeError::BeforeResponse(ProxyError::NotFound {
+                        method,
+                        path,
+                    }));
+                };
+                let query = session.req_header().uri.query().map(str::to_string);
+                let body = shadowing::admin_report(shadow, query.as_deref())
+                    .map_err(ExchangeError::BeforeResponse)?;
+                self.reply(session, log, 200, body).await
+            }
+            (_, p) if self.on_admin_listener(session) || p.starts_with("/admin/") => {
+                Err(ExchangeError::BeforeResponse(ProxyError::NotFound {
+                    method,
+                    path,
+                }))
+            }
             ("POST", "/v1/chat/completions") => chat::handle(state, session, log).await,
             ("POST", "/v1/messages") => {
                 log.anthropic_errors = true;
@@ -163,6 +214,17 @@ impl Condenser {
                 path,
             })),
         }
+    }
+
+    /// Admin endpoints answer only on `server.admin_listen`, never on the public listener.
+    fn on_admin_listener(&self, session: &Session) -> bool {
+        let Some(admin) = self.state.config.server.admin_listen else {
+            return false;
+        };
+        session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| *a == admin)
     }
 
     async fn reply(

@@ -39,6 +39,7 @@ pub async fn handle(
             raw,
             &extra,
             ResponseMode::Relay,
+            None
         )
         .await?;
     Ok(())

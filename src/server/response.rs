@@ -14,7 +14,38 @@ use crate::error::ProxyError;
 use crate::providers::Provider;
 
 /// Largest non-streaming answer buffered for translation.
-const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;
+pub(super) const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;
+
+/// Largest client answer kept for a shadow comparison.
+const CAPTURE_LIMIT: usize = 4 * 1024 * 1024;
+
+/// A copy of the body the client received (OpenAI's shape), kept for a shadow comparison.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub bytes: Vec<u8>,
+    /// The answer outgrew [`CAPTURE_LIMIT`]; nothing is kept.
+    pub overflowed: bool,
+}
+
+impl Capture {
+    fn push(&mut self, chunk: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.bytes.len() + chunk.len() > CAPTURE_LIMIT {
+            self.overflowed = true;
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.extend_from_slice(chunk);
+        }
+    }
+}
+
+fn keep(capture: &mut Option<&mut Capture>, chunk: &[u8]) {
+    if let Some(c) = capture.as_deref_mut() {
+        c.push(chunk);
+    }
+}
 
 pub enum ResponseMode {
     Relay,
@@ -78,6 +109,7 @@ pub async fn relay(
     up: &mut HttpSession,
     client: &mut Session,
     extra: &[(&'static str, String)],
+    mut capture: Option<&mut Capture>,
 ) -> Result<Written, ExchangeError> {
     let header = upstream_header(upstream, up)?;
     let status = header.status.as_u16();
@@ -94,10 +126,13 @@ pub async fn relay(
         .map_err(after)?;
     loop {
         match up.read_response_body().await {
-            Ok(Some(chunk)) => client
-                .write_response_body(Some(chunk), false)
-                .await
-                .map_err(after)?,
+            Ok(Some(chunk)) => {
+                keep(&mut capture, &chunk);
+                client
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .map_err(after)?
+            }
             Ok(None) => break,
             Err(e) => {
                 return Err(ExchangeError::AfterResponse(format!(
@@ -121,6 +156,7 @@ pub async fn translate(
     client: &mut Session,
     extra: &[(&'static str, String)],
     t: Translation,
+    mut capture: Option<&mut Capture>,
 ) -> Result<Written, ExchangeError> {
     let header = upstream_header(upstream, up)?;
     let status = header.status.as_u16();
@@ -143,6 +179,7 @@ pub async fn translate(
                 Ok(Some(chunk)) => {
                     let frames = transcoder.feed(&chunk);
                     if !frames.is_empty() {
+                        keep(&mut capture, &frames);
                         client
                             .write_response_body(Some(Bytes::from(frames)), false)
                             .await
@@ -165,6 +202,7 @@ pub async fn translate(
         }
         let frames = transcoder.finish();
         if !frames.is_empty() {
+            keep(&mut capture, &frames);
             client
                 .write_response_body(Some(Bytes::from(frames)), false)
                 .await
@@ -207,6 +245,7 @@ pub async fn translate(
         .write_response_header(Box::new(resp), false)
         .await
         .map_err(after)?;
+    keep(&mut capture, &json);
     client
         .write_response_body(Some(Bytes::from(json)), true)
         .await

@@ -55,6 +55,18 @@ pub enum ExchangeError {
     AfterResponse(String),
 }
 
+impl ExchangeError {
+    fn into_proxy_error(self) -> ProxyError {
+        match self {
+            Self::BeforeResponse(e) => e,
+            Self::AfterResponse(reason) => ProxyError::UpstreamProtocol {
+                upstream: String::new(),
+                reason,
+            },
+        }
+    }
+}
+
 impl Upstream {
     /// Reads the key from `api_key_env` once. When that variable is unset, the client's own
     /// `Authorization` is forwarded instead (with a start-up warning), so a developer can run the
@@ -244,13 +256,17 @@ impl Upstream {
         body: Bytes,
         extra: &[(&'static str, String)],
         mode: ResponseMode,
+        capture: Option<&mut response::Capture>,
     ) -> Result<u16, ExchangeError> {
         let peer = self.peer().await.map_err(ExchangeError::BeforeResponse)?;
         let mut up = self.send(connector, &peer, request, body).await?;
         let reusable = match mode {
-            ResponseMode::Relay => response::relay(self.name(), &mut up, client, extra).await?,
+            ResponseMode::Relay => {
+                response::relay(self.name(), &mut up, client, extra, capture).await?
+            }
             ResponseMode::Translate(translation) => {
-                response::translate(self.name(), &mut up, client, extra, translation).await?
+                response::translate(self.name(), &mut up, client, extra, translation, capture)
+                    .await?
             }
         };
         if reusable.1 {
@@ -259,6 +275,57 @@ impl Upstream {
                 .await;
         }
         Ok(reusable.0)
+    }
+
+    /// Sends a request and reads the whole answer, for requests no client waits on (shadow legs,
+    /// the judge): returns the status and the body in OpenAI's shape (translated from the
+    /// provider's when `provider_model` names the model of a native provider).
+    pub async fn fetch(
+        &self,
+        connector: &Connector,
+        request: RequestHeader,
+        body: Bytes,
+        provider_model: Option<&str>,
+    ) -> Result<(u16, Vec<u8>), ProxyError> {
+        let peer = self.peer().await?;
+        let mut up = self
+            .send(connector, &peer, request, body)
+            .await
+            .map_err(ExchangeError::into_proxy_error)?;
+        let status = up
+            .response_header()
+            .map_or(502, |h| h.status.as_u16());
+        let mut answer = Vec::new();
+        loop {
+            match up.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    if answer.len() + chunk.len() > response::MAX_TRANSLATED_BODY {
+                        return Err(ProxyError::UpstreamProtocol {
+                            upstream: self.name().to_string(),
+                            reason: "answer too large".into(),
+                        });
+                    }
+                    answer.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(self.classify(&e)),
+            }
+        }
+        connector
+            .release_http_session(up, &peer, Some(POOL_IDLE))
+            .await;
+        let answer = match provider_model {
+            Some(model) if (200..300).contains(&status) => self
+                .provider
+                .decode_chat(&answer, model)
+                .map_err(|reason| ProxyError::UpstreamProtocol {
+                    upstream: self.name().to_string(),
+                    reason,
+                })?,
+            Some(_) => self.provider.decode_error(status, &answer),
+            None => answer,
+        };
+        Ok((status, answer))
     }
 
     /// Writes the request and reads the response header, retrying once on a stale pooled

@@ -1,0 +1,469 @@
+//! Shadow A/B on live traffic. For a sampled request the proxy sends the client's leg as usual
+//! and hands the other leg (and, with a noise floor, a second original) to this module, which runs
+//! them on its own runtime so no client waits on them. When every answer is in, the pair is
+//! stored, scored by the equivalence gates, and — on `rollout = "auto"` routes — the route's
+//! serving decision is revisited. The spend cap is enforced when a request is sampled, with the
+//! estimate reserved up front and corrected by the answers' usage.
+//!
+//! Phase order for one sample: `try_sample` (rate, budget) → proxy spawns legs with `spawn_leg`
+//! → proxy relays its own leg and `submit`s the client's answer → the scorer task awaits the legs,
+//! stores, scores, updates rollout. `drain` waits for all of that at shutdown.
+
+pub mod report;
+pub mod rollout;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{Leg, RawPrice, Rollout, Route, ShadowSettings};
+use crate::equivalence::{failed_gates, Answer, Embedder, JudgeClient, Scorer};
+use store::{RouteState, Sample, SampleKind, ShadowStore, SqliteStore};
+
+/// One answer of a leg and how long it took.
+#[derive(Debug, Clone)]
+pub struct LegAnswer {
+    pub answer: Answer,
+    pub latency_ms: f64,
+}
+
+pub type LegHandle = JoinHandle<Result<LegAnswer, String>>;
+
+/// A sampled request whose client leg is answered; the other legs may still be in flight.
+pub struct Pending {
+    pub route: String,
+    pub model: String,
+    pub compressor: String,
+    pub served: Leg,
+    pub request_text: String,
+    pub tokens_original: u64,
+    pub tokens_compressed: u64,
+    pub client: LegAnswer,
+    pub other: LegHandle,
+    /// A second original, for the noise floor.
+    pub noise: Option<LegHandle>,
+    pub reserved_usd: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ShadowStats {
+    pub sampled: AtomicU64,
+    pub over_budget: AtomicU64,
+    pub dropped: AtomicU64,
+    pub leg_failures: AtomicU64,
+    pub stored: AtomicU64,
+    pub scored: AtomicU64,
+}
+
+pub struct Shadow {
+    settings: ShadowSettings,
+    runtime: tokio::runtime::Runtime,
+    queue: mpsc::Sender<Pending>,
+    store: Arc<Mutex<Box<dyn ShadowStore>>>,
+    /// Serving decision of each `rollout = "auto"` route.
+    serving: RwLock<HashMap<String, Leg>>,
+    /// Per route: UTC day and the shadowing spend (reserved + actual) on it.
+    spend: Mutex<HashMap<String, (i64, f64)>>,
+    in_flight: AtomicUsize,
+    pub stats: ShadowStats,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn cost(price: Option<RawPrice>, prompt: u64, completion: u64) -> f64 {
+    price.map_or(0.0, |p| {
+        (prompt as f64 * p.input + completion as f64 * p.output) / 1e6
+    })
+}
+
+/// `nl`, `code` or `mixed`, from the request text.
+pub fn domain_of(text: &str) -> &'static str {
+    if !text.contains("```") {
+        return "nl";
+    }
+    let prose: usize = text
+        .split("```")
+        .step_by(2)
+        .map(|p| p.trim().len())
+        .sum();
+    if prose > 200 {
+        "mixed"
+    } else {
+        "code"
+    }
+}
+
+fn fingerprint(text: &str, keep: bool) -> String {
+    if keep {
+        text.to_string()
+    } else {
+        format!("xxh3:{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+    }
+}
+
+impl Shadow {
+    /// Opens the store, loads the embedding model and each auto route's persisted state, and
+    /// starts the scorer on a dedicated runtime.
+    pub fn start(
+        settings: ShadowSettings,
+        routes: &[Route],
+        judge: Option<Arc<dyn JudgeClient>>,
+    ) -> Result<Arc<Self>, String> {
+        let mut store = SqliteStore::open(&settings.store).map_err(|e| e.to_string())?;
+        let embedder = match &settings.embedding_model {
+            Some(dir) => Some(Arc::new(Embedder::load(dir).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        let mut serving = HashMap::new();
+        let mut spend = HashMap::new();
+        let today = now_ms() / DAY_MS;
+        for route in routes.iter().filter(|r| r.shadow.is_some()) {
+            if matches!(route.compression.rollout, Rollout::Auto { .. }) {
+                let state = store.route_state(&route.name).map_err(|e| e.to_string())?;
+                let leg = match state.map(|s| s.serving) {
+                    Some(s) if s == "compressed" => Leg::Compressed,
+                    _ => Leg::Original,
+                };
+                serving.insert(route.name.clone(), leg);
+            }
+            let spent = store
+                .spent_since(&route.name, today * DAY_MS)
+                .map_err(|e| e.to_string())?;
+            spend.insert(route.name.clone(), (today, spent));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("shadow")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (queue, jobs) = mpsc::channel(settings.queue);
+        let scorer = Scorer {
+            embedder,
+            judge,
+            thresholds: settings.thresholds,
+        };
+        let rollouts: HashMap<String, Rollout> = routes
+            .iter()
+            .map(|r| (r.name.clone(), r.compression.rollout))
+            .collect();
+        let shadow = Arc::new(Self {
+            settings,
+            runtime,
+            queue,
+            store: Arc::new(Mutex::new(Box::new(store))),
+            serving: RwLock::new(serving),
+            spend: Mutex::new(spend),
+            in_flight: AtomicUsize::new(0),
+            stats: ShadowStats::default(),
+        });
+        let worker = shadow.clone();
+        shadow
+            .runtime
+            .spawn(async move { worker.run_scorer(jobs, scorer, rollouts).await });
+        Ok(shadow)
+    }
+
+    pub fn settings(&self) -> &ShadowSettings {
+        &self.settings
+    }
+
+    /// The leg an auto-rollout route serves now; `None` for manual routes.
+    pub fn serving(&self, route: &str) -> Option<Leg> {
+        self.serving.read().ok()?.get(route).copied()
+    }
+
+    /// Whether to shadow this request: the route samples it and its daily budget has room for
+    /// `estimate_usd`, which is reserved until the answers' usage replaces it.
+    pub fn try_sample(&self, route: &Route, estimate_usd: f64) -> bool {
+        let Some(cfg) = &route.shadow else {
+            return false;
+        };
+        if cfg.sample_rate <= 0.0 || fastrand::f64() >= cfg.sample_rate {
+            return false;
+        }
+        if let Some(cap) = cfg.max_daily_usd {
+            let today = now_ms() / DAY_MS;
+            let Ok(mut spend) = self.spend.lock() else {
+                return false;
+            };
+            let entry = spend.entry(route.name.clone()).or_insert((today, 0.0));
+            if entry.0 != today {
+                *entry = (today, 0.0);
+            }
+            if entry.1 + estimate_usd > cap {
+                self.stats.over_budget.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            entry.1 += estimate_usd;
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.stats.sampled.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Runs a background leg on the shadow runtime.
+    pub fn spawn_leg<F>(&self, leg: F) -> LegHandle
+    where
+        F: Future<Output = Result<LegAnswer, String>> + Send + 'static,
+    {
+        self.runtime.spawn(leg)
+    }
+
+    /// Hands a sampled request to the scorer; a full queue drops it (counted).
+    pub fn submit(&self, pending: Pending) {
+        if let Err(e) = self.queue.try_send(pending) {
+            let pending = match e {
+                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+            };
+            pending.other.abort();
+            if let Some(noise) = pending.noise {
+                noise.abort();
+            }
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.release(&pending.route, pending.reserved_usd, 0.0);
+        }
+    }
+
+    /// A sampled request that will not be submitted (the client leg failed).
+    pub fn abandon(&self, route: &str, reserved_usd: f64, legs: Vec<LegHandle>) {
+        for leg in legs {
+            leg.abort();
+        }
+        self.release(route, reserved_usd, 0.0);
+    }
+
+    fn release(&self, route: &str, reserved: f64, actual: f64) {
+        if let Ok(mut spend) = self.spend.lock() {
+            if let Some(entry) = spend.get_mut(route) {
+                entry.1 = (entry.1 - reserved + actual).max(0.0);
+            }
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Waits until every sampled request has been stored (and scored), up to `timeout`.
+    /// Returns how many were still in flight.
+    pub fn drain(&self, timeout: Duration) -> usize {
+        let started = Instant::now();
+        while self.in_flight.load(Ordering::SeqCst) > 0 && started.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Every stored sample of a route (or all) since a time, for the report.
+    pub fn samples(&self, route: Option<&str>, since_ms: i64) -> Result<Vec<Sample>, String> {
+        self.store
+            .lock()
+            .map_err(|_| "store lock poisoned".to_string())?
+            .samples(route, since_ms)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn with_store<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn ShadowStore) -> Result<T, store::StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store.lock().map_err(|_| "store lock poisoned".to_string())?;
+            op(guard.as_mut()).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    async fn run_scorer(
+        self: Arc<Self>,
+        mut jobs: mpsc::Receiver<Pending>,
+        scorer: Scorer,
+        rollouts: HashMap<String, Rollout>,
+    ) {
+        // Samples a previous process stored but did not get to score.
+        if let Ok(unscored) = self.with_store(|s| s.unscored()).await {
+            for sample in unscored.into_iter().filter(|_| self.settings.store_content) {
+                self.score_and_record(&scorer, sample).await;
+            }
+        }
+        while let Some(pending) = jobs.recv().await {
+            let route = pending.route.clone();
+            let reserved = pending.reserved_usd;
+            let actual = self.complete(&scorer, pending).await;
+            if let Some(Rollout::Auto {
+                min_samples,
+                min_pass_rate,
+            }) = rollouts.get(&route)
+            {
+                self.revisit_rollout(&route, *min_samples, *min_pass_rate).await;
+            }
+            self.release(&route, reserved, actual);
+        }
+    }
+
+    /// Awaits the background legs, stores the pairs and scores them; returns the shadowing cost.
+    async fn complete(&self, scorer: &Scorer, p: Pending) -> f64 {
+        let price = self.settings.price(&p.model);
+        let other = match p.other.await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                tracing::warn!(route = %p.route, error = %e, "shadow leg failed");
+                self.stats.leg_failures.fetch_add(1, Ordering::Relaxed);
+                return 0.0;
+            }
+            Err(_) => return 0.0,
+        };
+        let mut spent = cost(price, other.answer.prompt_tokens, other.answer.completion_tokens);
+        let (original, compressed) = match p.served {
+            Leg::Original => (&p.client, &other),
+            Leg::Compressed => (&other, &p.client),
+        };
+        let saved = match p.served {
+            Leg::Compressed => cost(price, p.tokens_original.saturating_sub(p.tokens_compressed), 0),
+            Leg::Original => 0.0,
+        };
+        let keep = self.settings.store_content;
+        let base = |kind: SampleKind, candidate: &LegAnswer, shadow_cost: f64| Sample {
+            id: None,
+            created_ms: now_ms(),
+            source: "live".into(),
+            route: p.route.clone(),
+            model: p.model.clone(),
+            compressor: p.compressor.clone(),
+            served: p.served.as_str().into(),
+            kind,
+            domain: domain_of(&p.request_text).into(),
+            tokens_original: p.tokens_original,
+            tokens_compressed: p.tokens_compressed,
+            request: fingerprint(&p.request_text, keep),
+            reference: fingerprint(&original.answer.text, keep),
+            candidate: fingerprint(&candidate.answer.text, keep),
+            reference_tokens: (original.answer.prompt_tokens, original.answer.completion_tokens),
+            candidate_tokens: (candidate.answer.prompt_tokens, candidate.answer.completion_tokens),
+            reference_ms: original.latency_ms,
+            candidate_ms: candidate.latency_ms,
+            shadow_cost_usd: shadow_cost,
+            saved_usd: if kind == SampleKind::Compression { saved } else { 0.0 },
+            scores: None,
+            passed: None,
+            failed_gates: Vec::new(),
+        };
+        let mut pairs = vec![(base(SampleKind::Compression, compressed, spent), original.answer.clone(), compressed.answer.clone())];
+        if let Some(noise) = p.noise {
+            if let Ok(Ok(second)) = noise.await {
+                let noise_cost =
+                    cost(price, second.answer.prompt_tokens, second.answer.completion_tokens);
+                spent += noise_cost;
+                pairs.push((base(SampleKind::Noise, &second, noise_cost), original.answer.clone(), second.answer.clone()));
+            }
+        }
+        for (mut sample, reference, candidate) in pairs {
+            let row = sample.clone();
+            match self.with_store(move |s| s.insert(&row)).await {
+                Ok(id) => {
+                    sample.id = Some(id);
+                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store a shadow sample");
+                    continue;
+                }
+            }
+            let scores = scorer.score(&p.request_text, &reference, &candidate).await;
+            self.record_scores(sample.id, &scores, scorer).await;
+        }
+        spent
+    }
+
+    async fn score_and_record(&self, scorer: &Scorer, sample: Sample) {
+        let text = |t: &str| Answer {
+            text: t.to_string(),
+            ..Answer::default()
+        };
+        let scores = scorer
+            .score(&sample.request, &text(&sample.reference), &text(&sample.candidate))
+            .await;
+        self.record_scores(sample.id, &scores, scorer).await;
+    }
+
+    async fn record_scores(
+        &self,
+        id: Option<i64>,
+        scores: &crate::equivalence::GateScores,
+        scorer: &Scorer,
+    ) {
+        let Some(id) = id else { return };
+        let failed: Vec<String> = failed_gates(scores, &scorer.thresholds)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let passed = failed.is_empty();
+        let scores = scores.clone();
+        match self
+            .with_store(move |s| s.set_scores(id, &scores, passed, &failed))
+            .await
+        {
+            Ok(()) => {
+                self.stats.scored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot store shadow scores"),
+        }
+    }
+
+    async fn revisit_rollout(&self, route: &str, min_samples: usize, min_pass_rate: f64) {
+        let name = route.to_string();
+        let verdicts = self
+            .with_store(move |s| {
+                Ok((
+                    s.recent_verdicts(&name, SampleKind::Compression, min_samples)?,
+                    s.recent_verdicts(&name, SampleKind::Noise, min_samples)?,
+                ))
+            })
+            .await;
+        let Ok((compression, noise)) = verdicts else {
+            return;
+        };
+        let current = self.serving(route).unwrap_or(Leg::Original);
+        let decision = rollout::decide(current, &compression, &noise, min_samples, min_pass_rate);
+        if decision.serve == current {
+            return;
+        }
+        tracing::warn!(
+            route,
+            from = current.as_str(),
+            to = decision.serve.as_str(),
+            net_pass_rate = decision.net_pass_rate,
+            "auto-rollout changed what the route serves"
+        );
+        if let Ok(mut serving) = self.serving.write() {
+            serving.insert(route.to_string(), decision.serve);
+        }
+        let state = RouteState {
+            route: route.to_string(),
+            serving: decision.serve.as_str().into(),
+            changed_ms: now_ms(),
+            pass_rate: decision.net_pass_rate.unwrap_or(0.0),
+            samples: decision.samples as u64,
+        };
+        if let Err(e) = self.with_store(move |s| s.save_route_state(&state)).await {
+            tracing::error!(error = %e, "cannot persist the rollout state");
+        }
+    }
+}
