@@ -1,5 +1,6 @@
 //! The `prune` compressor with the real SmolLM2-135M GGUF (fetched by `scripts/fetch-model`).
-//! Built only with `--features local-model`; `scripts/test` runs it.
+//! Built with `--features local-model`, which the workspace build turns on (condenser-eval
+//! needs it), so `scripts/test` runs it.
 #![cfg(feature = "local-model")]
 
 use std::path::PathBuf;

@@ -54,7 +54,11 @@ impl AnswerRow {
 }
 
 fn condition_key(id: &str, compressor: &str, ratio: f64) -> (String, String, String) {
-    (id.to_string(), compressor.to_string(), format!("{ratio:.3}"))
+    (
+        id.to_string(),
+        compressor.to_string(),
+        format!("{ratio:.3}"),
+    )
 }
 
 pub fn read_rows(path: &Path) -> anyhow::Result<Vec<AnswerRow>> {
@@ -68,7 +72,11 @@ pub fn read_rows(path: &Path) -> anyhow::Result<Vec<AnswerRow>> {
         // A run killed mid-write leaves at most a partial last line; skip it, it is redone.
         match serde_json::from_str(&line) {
             Ok(row) => rows.push(row),
-            Err(e) => eprintln!("{}:{}: skipping unreadable row ({e})", path.display(), n + 1),
+            Err(e) => eprintln!(
+                "{}:{}: skipping unreadable row ({e})",
+                path.display(),
+                n + 1
+            ),
         }
     }
     Ok(rows)
@@ -159,7 +167,8 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
         None => "identity",
     };
     let before = conditions.len();
-    conditions.retain(|c| !done.contains(&condition_key(&records[c.record].id, name_of(c), c.ratio)));
+    conditions
+        .retain(|c| !done.contains(&condition_key(&records[c.record].id, name_of(c), c.ratio)));
     let skipped = before - conditions.len();
     eprintln!(
         "{} answers to compute, {skipped} already in {} (${spent:.4} spent)",
@@ -193,7 +202,9 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
                 };
                 let record = &records[condition.record];
                 let compressor_name = name_of(condition).to_string();
-                let result = answer_one(record, condition, settings, model, tokenizer, &ledger, &stop);
+                let result = answer_one(
+                    record, condition, settings, model, tokenizer, &ledger, &stop,
+                );
                 match result {
                     Ok(Some(row)) => {
                         let line = serde_json::to_string(&row).unwrap_or_default();
@@ -207,9 +218,7 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        bar.suspend(|| {
-                            eprintln!("{} / {compressor_name}: {e:#}", record.id)
-                        });
+                        bar.suspend(|| eprintln!("{} / {compressor_name}: {e:#}", record.id));
                         if let Ok(mut l) = ledger.lock() {
                             l.1 += 1;
                         }
@@ -260,15 +269,13 @@ fn answer_one(
     let compress_ms = started.elapsed().as_secs_f64() * 1000.0;
     let compressed_tokens = tokenizer.count(&context);
     let system = system_prompt(record);
-    let user = format!(
-        "Context:\n{context}\n\nQuestion: {}",
-        record.question
-    );
+    let user = format!("Context:\n{context}\n\nQuestion: {}", record.question);
     let max_tokens = max_answer_tokens(record);
     if let Some(cap) = settings.max_cost {
-        let estimate = settings
-            .price
-            .cost(tokenizer.count(&system) + tokenizer.count(&user), max_tokens);
+        let estimate = settings.price.cost(
+            tokenizer.count(&system) + tokenizer.count(&user),
+            max_tokens,
+        );
         let spent = ledger.lock().map(|l| l.2).unwrap_or(f64::MAX);
         if spent + estimate > cap {
             stop.store(true, Ordering::Relaxed);
@@ -300,7 +307,8 @@ fn answer_one(
         answer: answer.text,
         em,
         f1,
-        answer_in_context: span.then(|| record.answers.iter().any(|a| contains_answer(&context, a))),
+        answer_in_context: span
+            .then(|| record.answers.iter().any(|a| contains_answer(&context, a))),
         prompt_tokens: answer.prompt_tokens,
         completion_tokens: answer.completion_tokens,
         cost_usd,

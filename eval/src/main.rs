@@ -16,9 +16,9 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use condenser::compress::{build, kind_from_name, Compressor, Extractive, Prune, Tokenizer};
+use condenser::config::CompressorKind;
 use condenser::llm::{LocalModel, LocalModelConfig};
 use std::time::Duration;
-use condenser::config::CompressorKind;
 
 #[derive(Parser)]
 #[command(
@@ -291,7 +291,12 @@ fn main() -> anyhow::Result<()> {
             let mut local = CompressorModel::new(compressor_model);
             let compressors = compressors
                 .iter()
-                .map(|name| Ok((name.clone(), compressor_for(name, &Extractive::default(), &mut local)?)))
+                .map(|name| {
+                    Ok((
+                        name.clone(),
+                        compressor_for(name, &Extractive::default(), &mut local)?,
+                    ))
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let model = task_model::TaskModel::open(&task_model, threads, context, concurrency)?;
             eprintln!("task model {} on {} records", model.name(), records.len());
@@ -317,7 +322,11 @@ fn main() -> anyhow::Result<()> {
                 summary.skipped,
                 summary.failed,
                 summary.spent_usd,
-                if summary.stopped_by_cap { " — stopped at --max-cost" } else { "" }
+                if summary.stopped_by_cap {
+                    " — stopped at --max-cost"
+                } else {
+                    ""
+                }
             );
         }
     }

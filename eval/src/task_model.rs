@@ -121,7 +121,10 @@ impl TaskModel {
                 let status = response.status();
                 let value: Value = response.json()?;
                 if !status.is_success() {
-                    bail!("task model answered {status}: {}", value["error"]["message"]);
+                    bail!(
+                        "task model answered {status}: {}",
+                        value["error"]["message"]
+                    );
                 }
                 let usage = |k: &str| value["usage"][k].as_u64().unwrap_or(0) as usize;
                 Ok(Answer {

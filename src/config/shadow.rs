@@ -156,7 +156,11 @@ pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
         return Err(ConfigError::invalid("shadow.queue", "must be > 0"));
     }
     let t = &raw.thresholds;
-    for (name, value) in [("embedding", t.embedding), ("facts", t.facts), ("judge", t.judge)] {
+    for (name, value) in [
+        ("embedding", t.embedding),
+        ("facts", t.facts),
+        ("judge", t.judge),
+    ] {
         if !(0.0..=1.0).contains(&value) {
             return Err(ConfigError::invalid(
                 format!("shadow.thresholds.{name}"),
@@ -195,7 +199,10 @@ pub fn validate_route_shadow(raw: &RawRouteShadow, key: &str) -> Result<RouteSha
         ));
     }
     if raw.max_daily_usd.is_some_and(|usd| usd < 0.0) {
-        return Err(ConfigError::invalid(format!("{key}.max_daily_usd"), "must be >= 0"));
+        return Err(ConfigError::invalid(
+            format!("{key}.max_daily_usd"),
+            "must be >= 0",
+        ));
     }
     Ok(RouteShadow {
         sample_rate: raw.sample_rate,
@@ -215,7 +222,10 @@ pub fn validate_rollout(
         RawRollout::Manual => Ok(Rollout::Manual),
         RawRollout::Auto => {
             if min_samples == 0 {
-                return Err(ConfigError::invalid(format!("{key}.min_samples"), "must be > 0"));
+                return Err(ConfigError::invalid(
+                    format!("{key}.min_samples"),
+                    "must be > 0",
+                ));
             }
             if !(0.0..=1.0).contains(&min_pass_rate) {
                 return Err(ConfigError::invalid(

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use super::raw::{CompressorKind, RawCompression, RawConfig, RawLocalModel, Role, UpstreamKind};
 use super::shadow::{
     validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
 };
-use super::raw::{CompressorKind, RawCompression, RawConfig, RawLocalModel, Role, UpstreamKind};
 use super::ConfigError;
 
 #[derive(Debug, Clone)]

@@ -122,7 +122,10 @@ data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arg
 data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
         let a = Answer::from_stream(body).expect("parses");
         assert_eq!(a.text, "Hello");
-        assert_eq!(a.tool_calls, vec![("f".to_string(), serde_json::json!({"a": 1}))]);
+        assert_eq!(
+            a.tool_calls,
+            vec![("f".to_string(), serde_json::json!({"a": 1}))]
+        );
         assert_eq!(a.completion_tokens, 2);
         assert!(Answer::from_stream(b"data: {\"error\":{\"message\":\"x\"}}\n\n").is_none());
     }

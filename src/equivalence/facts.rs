@@ -26,7 +26,13 @@ const MAX_KEY_PHRASES: usize = 12;
 fn normalise(text: &str) -> String {
     text.to_lowercase()
         .chars()
-        .map(|c| if c.is_alphanumeric() || c == '.' { c } else { ' ' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '.' {
+                c
+            } else {
+                ' '
+            }
+        })
         .collect::<String>()
         .split_whitespace()
         .map(|w| w.trim_matches('.'))
@@ -143,7 +149,10 @@ mod tests {
     #[test]
     fn a_changed_number_is_missing() {
         let reference = "Revenue grew 12% to $4.2 billion in 2023.";
-        let (same, _) = coverage(reference, "In 2023 revenue grew 12%, reaching $4.2 billion.");
+        let (same, _) = coverage(
+            reference,
+            "In 2023 revenue grew 12%, reaching $4.2 billion.",
+        );
         assert_eq!(same, 1.0);
         let (changed, missing) = coverage(reference, "Revenue grew 15% to $4.2 billion in 2023.");
         assert!(changed < 1.0);

@@ -12,9 +12,7 @@ differ. Reply with JSON only, no prose: {\"verdict\": \"equivalent\" or \"differ
 a number from 0 to 1, \"missing_facts\": [facts of A that B lacks or contradicts]}";
 
 pub fn judge_user_prompt(request: &str, reference: &str, candidate: &str) -> String {
-    format!(
-        "Request:\n{request}\n\nAnswer A (reference):\n{reference}\n\nAnswer B:\n{candidate}"
-    )
+    format!("Request:\n{request}\n\nAnswer A (reference):\n{reference}\n\nAnswer B:\n{candidate}")
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +32,12 @@ struct RawVerdict {
 
 /// Reads the judge's reply; the JSON may be wrapped in a code fence or surrounded by prose.
 pub fn parse_verdict(reply: &str) -> Result<JudgeVerdict, String> {
-    let start = reply.find('{').ok_or("no JSON object in the judge's reply")?;
-    let end = reply.rfind('}').ok_or("no JSON object in the judge's reply")?;
+    let start = reply
+        .find('{')
+        .ok_or("no JSON object in the judge's reply")?;
+    let end = reply
+        .rfind('}')
+        .ok_or("no JSON object in the judge's reply")?;
     if end < start {
         return Err("no JSON object in the judge's reply".into());
     }
@@ -44,7 +46,11 @@ pub fn parse_verdict(reply: &str) -> Result<JudgeVerdict, String> {
     let equivalent = match raw.verdict.trim().to_ascii_lowercase().as_str() {
         "equivalent" => true,
         "different" => false,
-        other => return Err(format!("judge verdict `{other}` is not equivalent/different")),
+        other => {
+            return Err(format!(
+                "judge verdict `{other}` is not equivalent/different"
+            ))
+        }
     };
     if !(0.0..=1.0).contains(&raw.score) {
         return Err(format!("judge score {} is outside 0..1", raw.score));
@@ -62,8 +68,10 @@ mod tests {
 
     #[test]
     fn reads_fenced_json() {
-        let v = parse_verdict("```json\n{\"verdict\":\"equivalent\",\"score\":0.9,\"missing_facts\":[]}\n```")
-            .expect("parses");
+        let v = parse_verdict(
+            "```json\n{\"verdict\":\"equivalent\",\"score\":0.9,\"missing_facts\":[]}\n```",
+        )
+        .expect("parses");
         assert!(v.equivalent);
         assert!((v.score - 0.9).abs() < 1e-6);
     }
@@ -73,8 +81,9 @@ mod tests {
         assert!(parse_verdict("They look the same to me.").is_err());
         assert!(parse_verdict("{\"verdict\":\"maybe\",\"score\":0.5}").is_err());
         assert!(parse_verdict("{\"verdict\":\"different\",\"score\":7}").is_err());
-        let v = parse_verdict("{\"verdict\":\"different\",\"score\":0.2,\"missing_facts\":[\"1889\"]}")
-            .expect("parses");
+        let v =
+            parse_verdict("{\"verdict\":\"different\",\"score\":0.2,\"missing_facts\":[\"1889\"]}")
+                .expect("parses");
         assert_eq!(v.missing_facts, vec!["1889"]);
     }
 }

@@ -99,8 +99,7 @@ impl Scorer {
             let embedder = embedder.clone();
             let (a, b) = (a.to_string(), b.to_string());
             // A forward pass is milliseconds of CPU: keep it off the async workers.
-            let similarity =
-                tokio::task::spawn_blocking(move || embedder.similarity(&a, &b)).await;
+            let similarity = tokio::task::spawn_blocking(move || embedder.similarity(&a, &b)).await;
             match similarity {
                 Ok(Ok(s)) => scores.embedding = Some(s),
                 Ok(Err(e)) => tracing::warn!(error = %e, "embedding gate failed"),
@@ -113,7 +112,11 @@ impl Scorer {
                 Ok(reply) => match judge::parse_verdict(&reply) {
                     Ok(v) => {
                         // A "different" verdict fails whatever score came with it.
-                        scores.judge = Some(if v.equivalent { v.score } else { v.score.min(0.0) });
+                        scores.judge = Some(if v.equivalent {
+                            v.score
+                        } else {
+                            v.score.min(0.0)
+                        });
                         scores.missing_facts.extend(v.missing_facts);
                     }
                     Err(e) => scores.judge_error = Some(e),
@@ -156,7 +159,9 @@ mod tests {
     #[tokio::test]
     async fn unparseable_judge_fails_the_sample() {
         let s = scorer("looks fine");
-        let scores = s.score("q", &text("Paris, 1889."), &text("Paris, 1889.")).await;
+        let scores = s
+            .score("q", &text("Paris, 1889."), &text("Paris, 1889."))
+            .await;
         assert_eq!(scores.facts, Some(1.0));
         assert!(scores.judge_error.is_some());
         assert_eq!(failed_gates(&scores, &s.thresholds), vec!["judge"]);
@@ -166,10 +171,17 @@ mod tests {
     async fn changed_fact_and_different_verdict_fail() {
         let s = scorer(r#"{"verdict":"different","score":0.8,"missing_facts":["1889"]}"#);
         let scores = s
-            .score("q", &text("It opened in 1889 in Paris."), &text("It opened in 1901 in Lyon."))
+            .score(
+                "q",
+                &text("It opened in 1889 in Paris."),
+                &text("It opened in 1901 in Lyon."),
+            )
             .await;
         let failed = failed_gates(&scores, &s.thresholds);
-        assert!(failed.contains(&"facts") && failed.contains(&"judge"), "{failed:?}");
+        assert!(
+            failed.contains(&"facts") && failed.contains(&"judge"),
+            "{failed:?}"
+        );
     }
 
     #[tokio::test]
@@ -183,7 +195,13 @@ mod tests {
             tool_calls: vec![("get_weather".into(), serde_json::json!({ "city": city }))],
             ..Answer::default()
         };
-        assert!(passed(&s.score("q", &call("Paris"), &call("Paris")).await, &s.thresholds));
-        assert!(!passed(&s.score("q", &call("Paris"), &call("Rome")).await, &s.thresholds));
+        assert!(passed(
+            &s.score("q", &call("Paris"), &call("Paris")).await,
+            &s.thresholds
+        ));
+        assert!(!passed(
+            &s.score("q", &call("Paris"), &call("Rome")).await,
+            &s.thresholds
+        ));
     }
 }

@@ -6,17 +6,17 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 
 use super::response::{Capture, ResponseMode, Translation};
-use super::upstream::ExchangeError;
-use super::shadowing::{start_shadow, estimate_leg_cost};
+use super::shadowing::{estimate_leg_cost, start_shadow};
+use super::upstream::{ExchangeError, Reply};
 use super::{body, header_str, AppState, RequestLog};
+use crate::compress::{kind_from_name, CompressionOutcome, Pipeline, Tokenizer};
+use crate::config::{CompressorKind, Leg, Rollout};
 use crate::equivalence::Answer;
+use crate::error::ProxyError;
+use crate::openai::ChatRequest;
 use crate::shadow::{LegAnswer, Pending};
 use std::sync::Arc;
 use std::time::Instant;
-use crate::compress::{kind_from_name, CompressionOutcome, Pipeline, Tokenizer};
-use crate::config::{CompressorKind, Leg, Rollout};
-use crate::error::ProxyError;
-use crate::openai::ChatRequest;
 
 /// What the client asked for in `x-condenser-compress`.
 fn requested_compressor(
@@ -146,7 +146,9 @@ pub async fn handle(
     let sampled = match &state.shadow {
         Some(shadow) if !client_chose => {
             let estimate = estimate_leg_cost(shadow, route, &request.model, raw.len());
-            shadow.try_sample(route, estimate).then_some((shadow, estimate))
+            shadow
+                .try_sample(route, estimate)
+                .then_some((shadow, estimate))
         }
         _ => None,
     };
@@ -156,14 +158,26 @@ pub async fn handle(
         state,
         request.messages_mut(),
         route_index,
-        if sampled.is_some() { shadow_compressor } else { compressor },
+        if sampled.is_some() {
+            shadow_compressor
+        } else {
+            compressor
+        },
         tokenizer,
         log,
     )
     .await;
     let mut shadowing = None;
     if let (Some((shadow, reserved)), Some(original)) = (sampled, original) {
-        match start_shadow(state, shadow, session, route_index, &mut request, original, &mut outcome) {
+        match start_shadow(
+            state,
+            shadow,
+            session,
+            route_index,
+            &mut request,
+            original,
+            &mut outcome,
+        ) {
             Ok(Some(s)) => shadowing = Some((shadow, reserved, s)),
             Ok(None) => shadow.abandon(&route.name, reserved, Vec::new()),
             Err(e) => {
@@ -235,9 +249,11 @@ pub async fn handle(
             session,
             header,
             upstream_body,
-            &extra,
-            mode,
-            capture.as_mut(),
+            Reply {
+                extra: &extra,
+                mode,
+                capture: capture.as_mut(),
+            },
         )
         .await;
     if let Some((shadow, reserved, s)) = shadowing {

@@ -9,7 +9,7 @@ use pingora::proxy::Session;
 
 use super::chat::{accounting_headers, compress, path_and_query, prepare, Prepared};
 use super::response::ResponseMode;
-use super::upstream::ExchangeError;
+use super::upstream::{ExchangeError, Reply};
 use super::{AppState, RequestLog};
 use crate::config::UpstreamKind;
 use crate::error::ProxyError;
@@ -64,9 +64,11 @@ pub async fn handle(
             session,
             header,
             body,
-            &extra,
-            ResponseMode::Relay,
-            None
+            Reply {
+                extra: &extra,
+                mode: ResponseMode::Relay,
+                capture: None,
+            },
         )
         .await?;
     Ok(())

@@ -6,7 +6,7 @@ use pingora::proxy::Session;
 
 use super::chat::path_and_query;
 use super::response::ResponseMode;
-use super::upstream::ExchangeError;
+use super::upstream::{ExchangeError, Reply};
 use super::{body, header_str, AppState, RequestLog};
 
 pub async fn handle(
@@ -37,9 +37,11 @@ pub async fn handle(
             session,
             header,
             raw,
-            &extra,
-            ResponseMode::Relay,
-            None
+            Reply {
+                extra: &extra,
+                mode: ResponseMode::Relay,
+                capture: None,
+            },
         )
         .await?;
     Ok(())

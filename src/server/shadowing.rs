@@ -16,11 +16,11 @@ use super::upstream::Upstream;
 use super::AppState;
 use crate::compress::CompressionOutcome;
 use crate::config::{Leg, Rollout, Route};
-use pingora::proxy::Session;
 use crate::equivalence::{Answer, JudgeClient};
 use crate::error::ProxyError;
 use crate::openai::ChatRequest;
 use crate::shadow::{LegAnswer, LegHandle, Shadow};
+use pingora::proxy::Session;
 
 /// The last user message's text: the judge's view of the request, and its domain.
 pub(super) fn last_user_text(messages: &[Value]) -> String {
@@ -48,6 +48,31 @@ pub(super) fn leg_request(request: &ChatRequest, messages: Vec<Value>) -> ChatRe
     leg
 }
 
+type Encoded = (String, Bytes, Vec<(&'static str, String)>, Option<String>);
+
+/// Path, body and provider headers of a chat request for `upstream`, plus the model name when the
+/// answer comes back in a provider's native shape and must be translated.
+fn encode(
+    upstream: &Upstream,
+    request: &ChatRequest,
+    client_path: &str,
+) -> Result<Encoded, ProxyError> {
+    Ok(match upstream.provider.encode_chat(request)? {
+        None => (
+            upstream.upstream_path(client_path),
+            Bytes::from(request.to_bytes()),
+            Vec::new(),
+            None,
+        ),
+        Some(native) => (
+            format!("{}{}", upstream.settings.base_path, native.path),
+            Bytes::from(native.body),
+            native.headers,
+            Some(request.model.clone()),
+        ),
+    })
+}
+
 /// Encodes `leg` for the route's upstream (headers, key and translation as for the client's own
 /// request) and starts it on the shadow runtime.
 pub(super) fn spawn_leg(
@@ -59,21 +84,9 @@ pub(super) fn spawn_leg(
     leg: &ChatRequest,
 ) -> Result<LegHandle, ProxyError> {
     let upstream = &state.upstreams[upstream_index];
-    let (path, body, provider_headers, native_model) = match upstream.provider.encode_chat(leg)? {
-        None => (
-            upstream.upstream_path(client_path),
-            Bytes::from(leg.to_bytes()),
-            Vec::new(),
-            None,
-        ),
-        Some(native) => (
-            format!("{}{}", upstream.settings.base_path, native.path),
-            Bytes::from(native.body),
-            native.headers,
-            Some(leg.model.clone()),
-        ),
-    };
-    let mut header = upstream.request_header(client, &path, body.len(), false, &provider_headers)?;
+    let (path, body, provider_headers, native_model) = encode(upstream, leg, client_path)?;
+    let mut header =
+        upstream.request_header(client, &path, body.len(), false, &provider_headers)?;
     // The client may have asked for a stream; this leg is read whole.
     let _ = header.insert_header("accept", "application/json");
     let state = state.clone();
@@ -81,7 +94,12 @@ pub(super) fn spawn_leg(
         let started = Instant::now();
         let upstream = &state.upstreams[upstream_index];
         let (status, answer) = upstream
-            .fetch(&state.shadow_connector, header, body, native_model.as_deref())
+            .fetch(
+                &state.shadow_connector,
+                header,
+                body,
+                native_model.as_deref(),
+            )
             .await
             .map_err(|e| e.to_string())?;
         if !(200..300).contains(&status) {
@@ -131,22 +149,9 @@ impl JudgeClient for RouteJudge {
         )
         .map_err(|e| e.to_string())?;
         let (path, body, provider_headers, native_model) =
-            match self.upstream.provider.encode_chat(&request).map_err(|e| e.to_string())? {
-                None => (
-                    self.upstream.upstream_path("/v1/chat/completions"),
-                    Bytes::from(request.to_bytes()),
-                    Vec::new(),
-                    None,
-                ),
-                Some(native) => (
-                    format!("{}{}", self.upstream.settings.base_path, native.path),
-                    Bytes::from(native.body),
-                    native.headers,
-                    Some(self.model.as_str()),
-                ),
-            };
-        let mut client = RequestHeader::build("POST", path.as_bytes(), None)
-            .map_err(|e| e.to_string())?;
+            encode(&self.upstream, &request, "/v1/chat/completions").map_err(|e| e.to_string())?;
+        let mut client =
+            RequestHeader::build("POST", path.as_bytes(), None).map_err(|e| e.to_string())?;
         client
             .insert_header("content-type", "application/json")
             .map_err(|e| e.to_string())?;
@@ -156,7 +161,7 @@ impl JudgeClient for RouteJudge {
             .map_err(|e| e.to_string())?;
         let (status, answer) = self
             .upstream
-            .fetch(&self.connector, header, body, native_model)
+            .fetch(&self.connector, header, body, native_model.as_deref())
             .await
             .map_err(|e| e.to_string())?;
         if !(200..300).contains(&status) {
@@ -176,9 +181,9 @@ pub(super) fn admin_report(shadow: &Shadow, query: Option<&str>) -> Result<Vec<u
         match pair.split_once('=') {
             Some(("route", r)) => route = Some(r.to_string()),
             Some(("since", s)) => {
-                since = s
-                    .parse()
-                    .map_err(|_| ProxyError::InvalidRequest("`since` must be unix milliseconds".into()))?;
+                since = s.parse().map_err(|_| {
+                    ProxyError::InvalidRequest("`since` must be unix milliseconds".into())
+                })?;
             }
             _ => {}
         }
@@ -209,11 +214,19 @@ const ESTIMATED_ANSWER_TOKENS: u64 = 512;
 
 /// What shadowing this request may cost: its other leg (and the noise leg), priced from the body
 /// size (about 4 bytes per token) before the exact counts exist.
-pub(super) fn estimate_leg_cost(shadow: &Shadow, route: &Route, model: &str, body_len: usize) -> f64 {
+pub(super) fn estimate_leg_cost(
+    shadow: &Shadow,
+    route: &Route,
+    model: &str,
+    body_len: usize,
+) -> f64 {
     let Some(price) = shadow.settings().price(model) else {
         return 0.0;
     };
-    let legs = 1.0 + f64::from(u8::from(route.shadow.as_ref().is_some_and(|s| s.noise_floor)));
+    let legs = 1.0
+        + f64::from(u8::from(
+            route.shadow.as_ref().is_some_and(|s| s.noise_floor),
+        ));
     let input = (body_len / 4) as f64;
     legs * (input * price.input + ESTIMATED_ANSWER_TOKENS as f64 * price.output) / 1e6
 }
@@ -270,7 +283,9 @@ pub(super) fn start_shadow(
         noise,
     };
     if served == Leg::Original {
-        request.body.insert("messages".into(), Value::Array(original));
+        request
+            .body
+            .insert("messages".into(), Value::Array(original));
         outcome.changed = false;
         outcome.tokens_after = outcome.tokens_before;
         outcome.compressor = "off";

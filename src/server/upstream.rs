@@ -47,6 +47,14 @@ pub struct Upstream {
     resolved: Mutex<Option<(Instant, SocketAddr)>>,
 }
 
+/// How the answer goes back to the client: extra headers, relayed or translated, and an optional
+/// copy of what the client got.
+pub struct Reply<'a> {
+    pub extra: &'a [(&'static str, String)],
+    pub mode: ResponseMode,
+    pub capture: Option<&'a mut response::Capture>,
+}
+
 /// Where an exchange failed: before anything reached the client (answer with a JSON error), or
 /// after the response started (the only honest signal left is closing the connection).
 #[derive(Debug)]
@@ -254,10 +262,13 @@ impl Upstream {
         client: &mut Session,
         request: RequestHeader,
         body: Bytes,
-        extra: &[(&'static str, String)],
-        mode: ResponseMode,
-        capture: Option<&mut response::Capture>,
+        reply: Reply<'_>,
     ) -> Result<u16, ExchangeError> {
+        let Reply {
+            extra,
+            mode,
+            capture,
+        } = reply;
         let peer = self.peer().await.map_err(ExchangeError::BeforeResponse)?;
         let mut up = self.send(connector, &peer, request, body).await?;
         let reusable = match mode {
@@ -292,9 +303,7 @@ impl Upstream {
             .send(connector, &peer, request, body)
             .await
             .map_err(ExchangeError::into_proxy_error)?;
-        let status = up
-            .response_header()
-            .map_or(502, |h| h.status.as_u16());
+        let status = up.response_header().map_or(502, |h| h.status.as_u16());
         let mut answer = Vec::new();
         loop {
             match up.read_response_body().await {

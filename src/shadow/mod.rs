@@ -94,11 +94,7 @@ pub fn domain_of(text: &str) -> &'static str {
     if !text.contains("```") {
         return "nl";
     }
-    let prose: usize = text
-        .split("```")
-        .step_by(2)
-        .map(|p| p.trim().len())
-        .sum();
+    let prose: usize = text.split("```").step_by(2).map(|p| p.trim().len()).sum();
     if prose > 200 {
         "mixed"
     } else {
@@ -284,7 +280,9 @@ impl Shadow {
     ) -> Result<T, String> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = store.lock().map_err(|_| "store lock poisoned".to_string())?;
+            let mut guard = store
+                .lock()
+                .map_err(|_| "store lock poisoned".to_string())?;
             op(guard.as_mut()).map_err(|e| e.to_string())
         })
         .await
@@ -312,7 +310,8 @@ impl Shadow {
                 min_pass_rate,
             }) = rollouts.get(&route)
             {
-                self.revisit_rollout(&route, *min_samples, *min_pass_rate).await;
+                self.revisit_rollout(&route, *min_samples, *min_pass_rate)
+                    .await;
             }
             self.release(&route, reserved, actual);
         }
@@ -330,13 +329,21 @@ impl Shadow {
             }
             Err(_) => return 0.0,
         };
-        let mut spent = cost(price, other.answer.prompt_tokens, other.answer.completion_tokens);
+        let mut spent = cost(
+            price,
+            other.answer.prompt_tokens,
+            other.answer.completion_tokens,
+        );
         let (original, compressed) = match p.served {
             Leg::Original => (&p.client, &other),
             Leg::Compressed => (&other, &p.client),
         };
         let saved = match p.served {
-            Leg::Compressed => cost(price, p.tokens_original.saturating_sub(p.tokens_compressed), 0),
+            Leg::Compressed => cost(
+                price,
+                p.tokens_original.saturating_sub(p.tokens_compressed),
+                0,
+            ),
             Leg::Original => 0.0,
         };
         let keep = self.settings.store_content;
@@ -355,23 +362,44 @@ impl Shadow {
             request: fingerprint(&p.request_text, keep),
             reference: fingerprint(&original.answer.text, keep),
             candidate: fingerprint(&candidate.answer.text, keep),
-            reference_tokens: (original.answer.prompt_tokens, original.answer.completion_tokens),
-            candidate_tokens: (candidate.answer.prompt_tokens, candidate.answer.completion_tokens),
+            reference_tokens: (
+                original.answer.prompt_tokens,
+                original.answer.completion_tokens,
+            ),
+            candidate_tokens: (
+                candidate.answer.prompt_tokens,
+                candidate.answer.completion_tokens,
+            ),
             reference_ms: original.latency_ms,
             candidate_ms: candidate.latency_ms,
             shadow_cost_usd: shadow_cost,
-            saved_usd: if kind == SampleKind::Compression { saved } else { 0.0 },
+            saved_usd: if kind == SampleKind::Compression {
+                saved
+            } else {
+                0.0
+            },
             scores: None,
             passed: None,
             failed_gates: Vec::new(),
         };
-        let mut pairs = vec![(base(SampleKind::Compression, compressed, spent), original.answer.clone(), compressed.answer.clone())];
+        let mut pairs = vec![(
+            base(SampleKind::Compression, compressed, spent),
+            original.answer.clone(),
+            compressed.answer.clone(),
+        )];
         if let Some(noise) = p.noise {
             if let Ok(Ok(second)) = noise.await {
-                let noise_cost =
-                    cost(price, second.answer.prompt_tokens, second.answer.completion_tokens);
+                let noise_cost = cost(
+                    price,
+                    second.answer.prompt_tokens,
+                    second.answer.completion_tokens,
+                );
                 spent += noise_cost;
-                pairs.push((base(SampleKind::Noise, &second, noise_cost), original.answer.clone(), second.answer.clone()));
+                pairs.push((
+                    base(SampleKind::Noise, &second, noise_cost),
+                    original.answer.clone(),
+                    second.answer.clone(),
+                ));
             }
         }
         for (mut sample, reference, candidate) in pairs {
@@ -398,7 +426,11 @@ impl Shadow {
             ..Answer::default()
         };
         let scores = scorer
-            .score(&sample.request, &text(&sample.reference), &text(&sample.candidate))
+            .score(
+                &sample.request,
+                &text(&sample.reference),
+                &text(&sample.candidate),
+            )
             .await;
         self.record_scores(sample.id, &scores, scorer).await;
     }

@@ -70,14 +70,18 @@ pub fn summarise(samples: &[Sample]) -> Vec<RouteReport> {
                 .filter(|s| s.kind == SampleKind::Noise)
                 .collect();
             r.samples = compression.len();
-            let scored: Vec<&&&Sample> = compression.iter().filter(|s| s.passed.is_some()).collect();
+            let scored: Vec<&&&Sample> =
+                compression.iter().filter(|s| s.passed.is_some()).collect();
             r.scored = scored.len();
             let passed = scored.iter().filter(|s| s.passed == Some(true)).count();
             r.pass_rate = (!scored.is_empty()).then(|| passed as f64 / scored.len() as f64);
             let noise_scored: Vec<_> = noise.iter().filter(|s| s.passed.is_some()).collect();
             r.noise_samples = noise_scored.len();
             r.noise_pass_rate = (!noise_scored.is_empty()).then(|| {
-                noise_scored.iter().filter(|s| s.passed == Some(true)).count() as f64
+                noise_scored
+                    .iter()
+                    .filter(|s| s.passed == Some(true))
+                    .count() as f64
                     / noise_scored.len() as f64
             });
             for s in &scored {
@@ -102,8 +106,11 @@ pub fn summarise(samples: &[Sample]) -> Vec<RouteReport> {
                 .sum();
             r.usd_saved = compression.iter().map(|s| s.saved_usd).sum();
             r.usd_spent_shadowing = samples.iter().map(|s| s.shadow_cost_usd).sum();
-            let mut failures: Vec<&&&Sample> =
-                scored.iter().copied().filter(|s| s.passed == Some(false)).collect();
+            let mut failures: Vec<&&&Sample> = scored
+                .iter()
+                .copied()
+                .filter(|s| s.passed == Some(false))
+                .collect();
             failures.sort_by_key(|s| std::cmp::Reverse(s.failed_gates.len()));
             r.worst = failures
                 .into_iter()
@@ -146,8 +153,13 @@ pub fn markdown(reports: &[RouteReport]) -> String {
             percent(r.pass_rate),
             percent(r.noise_pass_rate),
             r.noise_samples,
-            if gates.is_empty() { "–".into() } else { gates },
-            r.mean_ratio.map_or_else(|| "–".into(), |m| format!("{m:.3}")),
+            if gates.is_empty() {
+                "–".into()
+            } else {
+                gates
+            },
+            r.mean_ratio
+                .map_or_else(|| "–".into(), |m| format!("{m:.3}")),
             r.input_tokens_saved,
             r.usd_saved,
             r.usd_spent_shadowing,

@@ -81,7 +81,10 @@ mod tests {
         let mut compression = vec![true; 8];
         compression.extend([false; 2]);
         let noise = compression.clone();
-        assert_eq!(decide(Leg::Original, &compression, &[], 10, 0.9).serve, Leg::Original);
+        assert_eq!(
+            decide(Leg::Original, &compression, &[], 10, 0.9).serve,
+            Leg::Original
+        );
         let net = decide(Leg::Original, &compression, &noise, 10, 0.9);
         assert_eq!(net.serve, Leg::Compressed);
         assert_eq!(net.net_pass_rate, Some(1.0));

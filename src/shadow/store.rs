@@ -214,7 +214,10 @@ impl SqliteStore {
 
 impl ShadowStore for SqliteStore {
     fn insert(&mut self, s: &Sample) -> Result<i64, StoreError> {
-        let scores = s.scores.as_ref().and_then(|v| serde_json::to_string(v).ok());
+        let scores = s
+            .scores
+            .as_ref()
+            .and_then(|v| serde_json::to_string(v).ok());
         self.conn.execute(
             "INSERT INTO samples (created_ms, source, route, model, compressor, served, kind, \
              domain, tokens_original, tokens_compressed, request, reference, candidate, \
@@ -335,7 +338,13 @@ impl ShadowStore for SqliteStore {
             "INSERT INTO route_state (route, serving, changed_ms, pass_rate, samples) \
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(route) DO UPDATE SET serving = ?2, \
              changed_ms = ?3, pass_rate = ?4, samples = ?5",
-            params![s.route, s.serving, s.changed_ms, s.pass_rate, s.samples as i64],
+            params![
+                s.route,
+                s.serving,
+                s.changed_ms,
+                s.pass_rate,
+                s.samples as i64
+            ],
         )?;
         Ok(())
     }

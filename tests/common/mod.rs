@@ -121,6 +121,43 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>) -> String {
     format!("data: {c}\n\n")
 }
 
+/// Answers for the shadow tests, deterministic per request:
+/// - `stable` / `slowleg` answer the same whatever the context;
+/// - `sensitive` answers correctly only when the whole document arrived (all 40 sections of
+///   [`long_document`] repeat one sentence), so a compressed leg answers differently;
+/// - `judge` plays the LLM judge: equivalent when answers A and B are identical.
+fn scripted_answer(model: &str, request: &Value, body: &[u8]) -> Option<String> {
+    const RIGHT: &str = "The lamp was first lit on 14 March 1896 by Marguerite Okonkwo.";
+    match model {
+        "stable" | "slowleg" => Some(RIGHT.into()),
+        "sensitive" => {
+            let text = String::from_utf8_lossy(body);
+            Some(if text.matches("migratory birds").count() >= 40 {
+                RIGHT.into()
+            } else {
+                "The document does not say when the lamp was first lit.".into()
+            })
+        }
+        "judge" => {
+            let prompt = request["messages"][1]["content"]
+                .as_str()
+                .unwrap_or_default();
+            let a = prompt
+                .split("Answer A (reference):\n")
+                .nth(1)?
+                .split("\n\nAnswer B:\n")
+                .next()?;
+            let b = prompt.split("\n\nAnswer B:\n").nth(1)?;
+            Some(if a.trim() == b.trim() {
+                r#"{"verdict": "equivalent", "score": 0.95, "missing_facts": []}"#.into()
+            } else {
+                r#"{"verdict": "different", "score": 0.1, "missing_facts": ["the date"]}"#.into()
+            })
+        }
+        _ => None,
+    }
+}
+
 fn tool_call_message() -> Value {
     json!({"role": "assistant", "content": null, "tool_calls": [{
         "id": "call_abc123", "type": "function",
@@ -147,10 +184,16 @@ async fn chat(
         "slow" => tokio::time::sleep(Duration::from_secs(5)).await,
         _ => {}
     }
+    if model == "slowleg" && !stream {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     let tools = model == "tools";
+    let scripted = scripted_answer(&model, &request, &body);
     if !stream {
         let message = if tools {
             tool_call_message()
+        } else if let Some(text) = &scripted {
+            json!({"role": "assistant", "content": text, "refusal": null})
         } else {
             json!({"role": "assistant", "content": format!("received {messages} messages"), "refusal": null})
         };
@@ -189,6 +232,11 @@ async fn chat(
                 send(chunk(&model, delta, None)).await;
             }
             send(chunk(&model, json!({}), Some("tool_calls"))).await;
+        } else if let Some(text) = scripted {
+            for word in text.split_inclusive(' ') {
+                send(chunk(&model, json!({"content": word}), None)).await;
+            }
+            send(chunk(&model, json!({}), Some("stop"))).await;
         } else {
             for word in ["Hello", " from", " the", " mock"] {
                 send(chunk(&model, json!({"content": word}), None)).await;
@@ -367,6 +415,23 @@ impl Condenser {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Condenser {
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit; returns whether it did.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 }
 
