@@ -60,6 +60,28 @@ fn errors_name_the_key() {
             shipped().replace("https://api.openai.com/v1", "api.openai.com"),
             "upstreams[0].base_url",
         ),
+        (
+            shipped().replace("timeout_ms = 250", "timeout_ms = 250\nrollout = \"auto\""),
+            "routes[0].compression.rollout",
+        ),
+        (
+            shipped().replace(
+                "timeout_ms = 250",
+                "timeout_ms = 250\n[routes.shadow]\nsample_rate = 0.1",
+            ),
+            "routes[0].shadow",
+        ),
+        (
+            shipped().replace(
+                "timeout_ms = 250",
+                "timeout_ms = 250\n[routes.shadow]\nsample_rate = 2.0",
+            ) + "\n[shadow]\n",
+            "routes[0].shadow.sample_rate",
+        ),
+        (
+            shipped() + "\n[shadow]\nthresholds = { facts = 1.5 }\n",
+            "shadow.thresholds.facts",
+        ),
     ];
     for (config, key) in cases {
         let out = check(&config, &[]);
