@@ -16,9 +16,7 @@ fn answer(text: String) -> Answer {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let pairs: usize = std::env::args()
-        .nth(1)
-        .map_or(Ok(200), |n| n.parse())?;
+    let pairs: usize = std::env::args().nth(1).map_or(Ok(200), |n| n.parse())?;
     let embedder = Arc::new(Embedder::load(std::path::Path::new(
         "models/all-MiniLM-L6-v2",
     ))?);

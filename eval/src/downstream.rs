@@ -3,7 +3,10 @@
 //! Every answer is one JSON line in the output file, written as soon as it exists, so a killed
 //! run loses at most the answers in flight and `--resume` skips every (id, compressor, ratio)
 //! already there. The full-context answer is computed once and shared by every compressor.
-//! `--max-cost` stops before the next request's estimated cost would pass the cap.
+//! `--max-cost` stops before the next request's estimated cost would pass the cap; the estimate
+//! (tokens counted here, priced) is scaled by how far past estimates fell short of the usage the
+//! model reported, so a tokenizer that counts fewer tokens than the provider bills cannot walk
+//! the run past its cap.
 
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
@@ -144,7 +147,7 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
         Vec::new()
     };
     let done: HashSet<_> = existing.iter().map(AnswerRow::key).collect();
-    let mut spent: f64 = existing.iter().map(|r| r.cost_usd).sum();
+    let spent: f64 = existing.iter().map(|r| r.cost_usd).sum();
     let mut conditions = Vec::new();
     for i in 0..records.len() {
         conditions.push(Condition {
@@ -189,7 +192,10 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
     );
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let ledger = Mutex::new((0usize, 0usize, spent));
+    let ledger = Mutex::new(Ledger {
+        spent,
+        ..Ledger::default()
+    });
     let tokenizer = Tokenizer::O200k;
     std::thread::scope(|scope| {
         for _ in 0..settings.concurrency.max(1) {
@@ -212,15 +218,15 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
                             let _ = writeln!(f, "{line}").and_then(|()| f.flush());
                         }
                         if let Ok(mut l) = ledger.lock() {
-                            l.0 += 1;
-                            l.2 += row.cost_usd;
+                            l.answered += 1;
+                            l.spent += row.cost_usd;
                         }
                     }
                     Ok(None) => {}
                     Err(e) => {
                         bar.suspend(|| eprintln!("{} / {compressor_name}: {e:#}", record.id));
                         if let Ok(mut l) = ledger.lock() {
-                            l.1 += 1;
+                            l.failed += 1;
                         }
                     }
                 }
@@ -229,15 +235,24 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
         }
     });
     bar.finish();
-    let (answered, failed, total) = ledger.into_inner().unwrap_or_default();
-    spent = total;
+    let ledger = ledger.into_inner().unwrap_or_default();
     Ok(Summary {
-        answered,
+        answered: ledger.answered,
         skipped,
-        failed,
-        spent_usd: spent,
+        failed: ledger.failed,
+        spent_usd: ledger.spent,
         stopped_by_cap: stop.load(Ordering::Relaxed),
     })
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    answered: usize,
+    failed: usize,
+    spent: f64,
+    /// Sums over this run's answers, to calibrate the next estimate.
+    estimated: f64,
+    billed: f64,
 }
 
 /// `Ok(None)`: not sent, the cost cap would be passed.
@@ -247,7 +262,7 @@ fn answer_one(
     settings: &Settings,
     model: &TaskModel,
     tokenizer: Tokenizer,
-    ledger: &Mutex<(usize, usize, f64)>,
+    ledger: &Mutex<Ledger>,
     stop: &AtomicBool,
 ) -> anyhow::Result<Option<AnswerRow>> {
     let context_tokens = tokenizer.count(&record.context);
@@ -271,13 +286,20 @@ fn answer_one(
     let system = system_prompt(record);
     let user = format!("Context:\n{context}\n\nQuestion: {}", record.question);
     let max_tokens = max_answer_tokens(record);
+    let estimate = settings.price.cost(
+        tokenizer.count(&system) + tokenizer.count(&user),
+        max_tokens,
+    );
     if let Some(cap) = settings.max_cost {
-        let estimate = settings.price.cost(
-            tokenizer.count(&system) + tokenizer.count(&user),
-            max_tokens,
-        );
-        let spent = ledger.lock().map(|l| l.2).unwrap_or(f64::MAX);
-        if spent + estimate > cap {
+        let (spent, calibration) = ledger.lock().map_or((f64::MAX, 1.0), |l| {
+            let calibration = if l.estimated > 0.0 {
+                (l.billed / l.estimated).max(1.0)
+            } else {
+                1.0
+            };
+            (l.spent, calibration)
+        });
+        if spent + estimate * calibration > cap {
             stop.store(true, Ordering::Relaxed);
             return Ok(None);
         }
@@ -295,6 +317,10 @@ fn answer_one(
             .price
             .cost(answer.prompt_tokens, answer.completion_tokens)
     };
+    if let Ok(mut l) = ledger.lock() {
+        l.estimated += estimate;
+        l.billed += cost_usd;
+    }
     Ok(Some(AnswerRow {
         id: record.id.clone(),
         benchmark: record.benchmark.clone(),
@@ -316,4 +342,112 @@ fn answer_one(
         answer_ms,
         task_model: model.name().to_string(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use condenser::compress::Truncate;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    /// A minimal OpenAI-compatible server: every chat completion answers "Paris" and reports
+    /// 1,000 prompt and 10 completion tokens. Returns its base URL and a request counter.
+    fn fake_openai() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+        let served = Arc::new(AtomicUsize::new(0));
+        let counter = served.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then the body by Content-Length.
+                while let Ok(n) = stream.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"choices":[{"message":{"role":"assistant","content":"Paris"}}],"usage":{"prompt_tokens":1000,"completion_tokens":10}}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, served)
+    }
+
+    fn records() -> Vec<Record> {
+        (0..3)
+            .map(|i| Record {
+                id: format!("q{i}"),
+                benchmark: "hotpotqa".into(),
+                context: "Paris is the capital of France. ".repeat(40),
+                question: "What is the capital of France?".into(),
+                answers: vec!["Paris".into()],
+                evidence: Vec::new(),
+                domain: "nl".into(),
+                answer_type: Some("span".into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cost_cap_stops_early_and_resume_finishes_without_repeats() {
+        let (url, served) = fake_openai();
+        let model = TaskModel::open(&format!("{url}#gpt-test"), 1, 1024, 1).expect("model");
+        let dir = tempfile::tempdir().expect("tmp");
+        let output = dir.path().join("answers.jsonl");
+        let compressors: Vec<(String, Arc<dyn Compressor>)> =
+            vec![("truncate".into(), Arc::new(Truncate))];
+        // $1 per million input tokens: each answer costs $0.001 by the reported usage, three
+        // times what the prompt's own token count suggests; calibration must catch that.
+        let settings = |cap: f64, resume: bool| Settings {
+            compressors: compressors.clone(),
+            ratios: vec![0.5],
+            output: &output,
+            resume,
+            max_cost: Some(cap),
+            price: Price {
+                input: 1.0,
+                output: 0.0,
+            },
+            concurrency: 1,
+        };
+        let first = run(&records(), &model, &settings(0.0025, false)).expect("runs");
+        assert!(first.stopped_by_cap);
+        assert_eq!(first.answered, 2, "a third answer would pass $0.0025");
+        assert!(first.spent_usd <= 0.0025);
+        assert!(
+            run(&records(), &model, &settings(1.0, false)).is_err(),
+            "an existing output needs --resume"
+        );
+        let second = run(&records(), &model, &settings(1.0, true)).expect("resumes");
+        assert_eq!((second.skipped, second.answered), (2, 4));
+        assert_eq!(served.load(Ordering::SeqCst), 6, "no answer computed twice");
+        let rows = read_rows(&output).expect("rows");
+        assert_eq!(rows.len(), 6);
+        assert!(rows
+            .iter()
+            .all(|r| r.f1 == 1.0 && (r.cost_usd - 0.001).abs() < 1e-9));
+    }
 }

@@ -1,12 +1,14 @@
 //! `condenser-eval`: offline measurements of condenser's compressors.
 
 mod downstream;
+mod equivalence;
 mod hotpotqa;
 mod loaders;
 mod metrics;
 mod ratio;
 mod recall;
 mod record;
+mod report;
 mod task_model;
 
 use std::path::PathBuf;
@@ -135,6 +137,36 @@ enum Command {
         #[arg(long, default_value = DEFAULT_COMPRESSOR_MODEL)]
         compressor_model: PathBuf,
     },
+    /// Tables (Compressed EM, ΔEM, Compressed F1, ΔF1, Ratio, Cost) and a ratio-vs-ΔF1 plot from
+    /// downstream answer files.
+    Report {
+        /// Answer files written by `downstream` (any number, any task models).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Where to write the ratio-vs-ΔF1 SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        #[arg(long, default_value = "ratio vs ΔF1")]
+        title: String,
+    },
+    /// The shadow scorer's gates over answer pairs: offline runs and/or a live shadow store.
+    Equivalence {
+        /// Answer files written by `downstream`.
+        #[arg(long, num_args = 0..)]
+        pairs: Vec<PathBuf>,
+        /// A shadow store (`condenser-shadow.db`) whose compression samples are scored too.
+        #[arg(long)]
+        shadow: Option<PathBuf>,
+        /// Only these task models (substring match); all when absent.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// all-MiniLM-L6-v2 directory for the embedding gate.
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        embedding_model: PathBuf,
+        /// Judge gate model: `local:PATH.gguf` or `URL#MODEL`; no judge gate when absent.
+        #[arg(long)]
+        judge: Option<String>,
+    },
 }
 
 const DEFAULT_COMPRESSOR_MODEL: &str = "adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -188,6 +220,58 @@ fn compressor_for(
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Report { input, plot, title } => {
+            let mut rows = Vec::new();
+            for path in &input {
+                rows.extend(downstream::read_rows(path)?);
+            }
+            let table = report::summarise(&rows);
+            print!("{}", report::markdown(&table));
+            if let Some(path) = plot {
+                report::plot(&table, &path, &title)?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        Command::Equivalence {
+            pairs,
+            shadow,
+            models,
+            embedding_model,
+            judge,
+        } => {
+            let mut all = Vec::new();
+            for path in &pairs {
+                all.extend(equivalence::pairs_from_runs(
+                    &downstream::read_rows(path)?,
+                    &models,
+                ));
+            }
+            if let Some(store) = &shadow {
+                all.extend(equivalence::pairs_from_shadow(store)?);
+            }
+            anyhow::ensure!(
+                !all.is_empty(),
+                "no answer pairs: pass --pairs and/or --shadow"
+            );
+            let embedder = condenser::equivalence::Embedder::load(&embedding_model)
+                .with_context(|| "run scripts/fetch-embedder")?;
+            let judged = judge.is_some();
+            let judge: Option<Arc<dyn condenser::equivalence::JudgeClient>> = match judge {
+                Some(spec) => Some(Arc::new(equivalence::TaskModelJudge(Arc::new(
+                    task_model::TaskModel::open(&spec, 2, 8192, 1)?,
+                )))),
+                None => None,
+            };
+            let scorer = condenser::equivalence::Scorer {
+                embedder: Some(Arc::new(embedder)),
+                judge,
+                thresholds: condenser::equivalence::Thresholds::default(),
+            };
+            eprintln!("scoring {} pairs", all.len());
+            let runtime = tokio::runtime::Runtime::new()?;
+            let table = runtime.block_on(equivalence::run(&all, &scorer));
+            print!("{}", equivalence::markdown(&table, judged));
+        }
         Command::Prepare {
             benchmark,
             input,
