@@ -344,6 +344,31 @@ fn answer_one(
     }))
 }
 
+/// An answer row for tests of the modules that read runs.
+#[cfg(test)]
+pub fn test_row(id: &str, compressor: &str, ratio: f64, answer: &str, f1: f64) -> AnswerRow {
+    AnswerRow {
+        id: id.into(),
+        benchmark: "hotpotqa".into(),
+        domain: "nl".into(),
+        answer_type: Some("span".into()),
+        compressor: compressor.into(),
+        target_ratio: ratio,
+        context_tokens: 100,
+        compressed_tokens: (100.0 * ratio) as usize,
+        answer: answer.into(),
+        em: f1.floor(),
+        f1,
+        answer_in_context: Some(f1 > 0.0),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        cost_usd: 0.0,
+        compress_ms: 0.0,
+        answer_ms: 0.0,
+        task_model: "m".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,26 +200,8 @@ mod tests {
     use condenser::equivalence::Thresholds;
 
     fn row(id: &str, compressor: &str, answer: &str) -> AnswerRow {
-        AnswerRow {
-            id: id.into(),
-            benchmark: "hotpotqa".into(),
-            domain: "nl".into(),
-            answer_type: None,
-            compressor: compressor.into(),
-            target_ratio: if compressor == "identity" { 1.0 } else { 0.35 },
-            context_tokens: 100,
-            compressed_tokens: 35,
-            answer: answer.into(),
-            em: 0.0,
-            f1: 0.0,
-            answer_in_context: None,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost_usd: 0.0,
-            compress_ms: 0.0,
-            answer_ms: 0.0,
-            task_model: "m".into(),
-        }
+        let ratio = if compressor == "identity" { 1.0 } else { 0.35 };
+        crate::downstream::test_row(id, compressor, ratio, answer, 0.0)
     }
 
     #[tokio::test]

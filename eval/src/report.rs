@@ -187,38 +187,19 @@ pub fn plot(rows: &[ReportRow], path: &Path, title: &str) -> anyhow::Result<()> 
 mod tests {
     use super::*;
 
-    fn row(id: &str, compressor: &str, ratio: f64, f1: f64, tokens: usize) -> AnswerRow {
-        AnswerRow {
-            id: id.into(),
-            benchmark: "hotpotqa".into(),
-            domain: "nl".into(),
-            answer_type: Some("span".into()),
-            compressor: compressor.into(),
-            target_ratio: ratio,
-            context_tokens: 100,
-            compressed_tokens: tokens,
-            answer: String::new(),
-            em: f1.floor(),
-            f1,
-            answer_in_context: Some(f1 > 0.0),
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost_usd: 0.0,
-            compress_ms: 0.0,
-            answer_ms: 0.0,
-            task_model: "m".into(),
-        }
+    fn row(id: &str, compressor: &str, ratio: f64, f1: f64) -> AnswerRow {
+        crate::downstream::test_row(id, compressor, ratio, "", f1)
     }
 
     #[test]
     fn deltas_are_paired_with_the_full_context_answer() {
         let rows = vec![
-            row("a", "identity", 1.0, 1.0, 100),
-            row("b", "identity", 1.0, 0.0, 100),
-            row("a", "truncate", 0.35, 0.5, 35),
-            row("b", "truncate", 0.35, 1.0, 35),
+            row("a", "identity", 1.0, 1.0),
+            row("b", "identity", 1.0, 0.0),
+            row("a", "truncate", 0.35, 0.5),
+            row("b", "truncate", 0.35, 1.0),
             // No full-context answer for c: left out of every delta.
-            row("c", "truncate", 0.35, 0.0, 35),
+            row("c", "truncate", 0.35, 0.0),
         ];
         let report = summarise(&rows);
         assert_eq!(report[0].compressor, "identity");
@@ -238,9 +219,9 @@ mod tests {
     #[test]
     fn plot_writes_an_svg_with_every_series() {
         let rows = vec![
-            row("a", "identity", 1.0, 1.0, 100),
-            row("a", "truncate", 0.35, 0.5, 35),
-            row("a", "extractive", 0.35, 1.0, 34),
+            row("a", "identity", 1.0, 1.0),
+            row("a", "truncate", 0.35, 0.5),
+            row("a", "extractive", 0.35, 1.0),
         ];
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("plot.svg");
