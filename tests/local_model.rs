@@ -7,8 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use condenser::compress::{CompressInput, Compressor, Prune, Tokenizer};
-use condenser::llm::{LlmError, LocalModel, LocalModelConfig};
+mod common;
+
+use condenser::adapters::{write_lora, LoraPair};
+use condenser::compress::{CompressInput, Compressor, Extractive, Prune, Rewrite, Tokenizer};
+use condenser::llm::{ChatTurn, LlmError, LocalModel, LocalModelConfig};
 
 fn model_path() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -97,4 +100,177 @@ fn surprisal_covers_every_token_and_full_queue_or_deadline_fail() {
         model.surprisal("", &long, Duration::from_millis(1)),
         Err(LlmError::Deadline)
     ));
+}
+
+/// SmolLM2-135M's query projections: 30 layers of 576 × 576.
+const LAYERS: usize = 30;
+const HIDDEN: usize = 576;
+
+/// A rank-4 adapter of random factors on every layer's query projection, large enough to move
+/// greedy decoding.
+fn random_adapter(path: &std::path::Path) {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let rank = 4;
+    let mut values = |n: usize| {
+        (0..n)
+            .map(|_| (rng.f32() - 0.5) * 0.8)
+            .collect::<Vec<f32>>()
+    };
+    let pairs: Vec<LoraPair> = (0..LAYERS)
+        .map(|layer| LoraPair {
+            weight: format!("blk.{layer}.attn_q.weight"),
+            n_in: HIDDEN,
+            n_out: HIDDEN,
+            rank,
+            a: values(HIDDEN * rank),
+            b: values(rank * HIDDEN),
+        })
+        .collect();
+    write_lora(path, "llama", 4.0, &pairs).expect("adapter written");
+}
+
+fn chat() -> Vec<ChatTurn> {
+    vec![
+        ChatTurn::new("system", "Summarise the user's text in one sentence."),
+        ChatTurn::new("user", CONTEXT),
+    ]
+}
+
+#[test]
+fn generation_is_deterministic_and_a_lora_adapter_changes_it() {
+    let base = load(1, 2);
+    let first = base
+        .generate(&chat(), 24, Duration::from_secs(120))
+        .expect("generates");
+    let second = base
+        .generate(&chat(), 24, Duration::from_secs(120))
+        .expect("generates");
+    assert_eq!(first, second, "greedy decoding is deterministic");
+    assert!(!first.text.is_empty());
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let adapter = dir.path().join("random.gguf");
+    random_adapter(&adapter);
+    let adapted = LocalModel::load(&LocalModelConfig {
+        lora: Some((adapter.clone(), 1.0)),
+        ..LocalModelConfig::cpu(model_path(), 2, 2048)
+    })
+    .expect("llama.cpp accepts the adapter");
+    let changed = adapted
+        .generate(&chat(), 24, Duration::from_secs(120))
+        .expect("generates");
+    assert_ne!(changed.text, first.text, "the adapter changes the output");
+    // Scale 0 switches the adapter off: the base model's output again.
+    let off = LocalModel::load(&LocalModelConfig {
+        lora: Some((adapter, 0.0)),
+        ..LocalModelConfig::cpu(model_path(), 2, 2048)
+    })
+    .expect("loads");
+    assert_eq!(
+        off.generate(&chat(), 24, Duration::from_secs(120))
+            .expect("generates"),
+        first
+    );
+}
+
+#[test]
+fn rewrite_is_deterministic_within_budget_or_falls_back() {
+    let model = Arc::new(load(1, 2));
+    let before = Tokenizer::O200k.count(CONTEXT);
+    let input = CompressInput {
+        text: CONTEXT,
+        query: "How tall is the tower?",
+        target_tokens: before / 2,
+        tokenizer: Tokenizer::O200k,
+    };
+    let with_fallback = Rewrite::new(
+        model.clone(),
+        Duration::from_secs(120),
+        Some(Arc::new(Extractive::default())),
+    );
+    let first = with_fallback.compress(&input).expect("rewrite or fallback");
+    let second = with_fallback.compress(&input).expect("rewrite or fallback");
+    assert_eq!(first, second, "deterministic");
+    let tokens = Tokenizer::O200k.count(&first);
+    assert!(
+        tokens <= (input.target_tokens as f64 * 1.15).ceil() as usize,
+        "{tokens} tokens for a budget of {}: {first}",
+        input.target_tokens
+    );
+    // A budget no rewrite can meet: without a fallback the compressor fails (the proxy fails
+    // open); with one, the fallback's output comes back.
+    let tiny = CompressInput {
+        target_tokens: 1,
+        ..input
+    };
+    let strict = Rewrite::new(model, Duration::from_secs(120), None);
+    assert!(strict.compress(&tiny).is_err());
+    assert_eq!(
+        with_fallback.compress(&tiny).expect("fallback"),
+        Extractive::default().compress(&tiny).expect("extractive")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_prune_never_makes_the_client_wait() {
+    let mock = common::MockUpstream::start().await;
+    let compression = "enabled = true\ncompressor = \"prune\"\nmin_tokens = 200\ntarget_ratio = 0.5\nmode = \"background\"";
+    let config = common::config(&mock.base_url(), "", compression)
+        + &format!(
+            "\n[compressors.prune]\nmodel = \"{}\"\ncontext = 4096\ntimeout_ms = 120000\n",
+            model_path().display()
+        );
+    let proxy = common::Condenser::start(&config);
+    let document = common::long_document();
+    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "system", "content": document},
+        {"role": "user", "content": "Who lit the lighthouse lamp first?"}]});
+    let client = reqwest::Client::new();
+    let send = || async {
+        let started = std::time::Instant::now();
+        let resp = client
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let compressed = header("x-condenser-tokens-after") != header("x-condenser-tokens-before");
+        assert_eq!(resp.status(), 200);
+        (started.elapsed(), compressed)
+    };
+    // Pruning this document takes the model seconds on a CPU; the client does not wait for it.
+    let (first, compressed) = send().await;
+    assert!(!compressed);
+    assert!(
+        first < Duration::from_millis(1500),
+        "first request took {first:?}"
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let (elapsed, compressed) = send().await;
+        assert!(
+            elapsed < Duration::from_millis(1500),
+            "a request waited {elapsed:?}"
+        );
+        if compressed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never compressed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let sent = mock.last().json();
+    let text = sent["messages"][0]["content"].as_str().expect("text");
+    assert!(
+        text.len() < document.len() * 7 / 10,
+        "the repeat carries the pruned text"
+    );
 }

@@ -413,3 +413,55 @@ async fn unset_key_variable_forwards_the_client_authorization() {
         Some("Bearer client-key")
     );
 }
+
+#[tokio::test]
+async fn background_mode_forwards_first_sight_uncompressed_and_repeats_compressed() {
+    let mock = MockUpstream::start().await;
+    let compression = format!("{COMPRESS_ON}\nmode = \"background\"");
+    let proxy = Condenser::start(&config(&mock.base_url(), "", &compression));
+    let body = json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "system", "content": long_document()},
+        {"role": "user", "content": "Who lit the lighthouse lamp first?"}]});
+    let first = chat(&proxy, &[], &body).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "x-condenser-tokens-after"),
+        header(&first, "x-condenser-tokens-before"),
+        "first sight is forwarded as it came"
+    );
+    let forwarded = mock.last().json();
+    assert_eq!(forwarded["messages"][0]["content"], long_document());
+    // The compression finishes off the request path; the repeat is served from the cache.
+    let started = std::time::Instant::now();
+    let repeat = loop {
+        let resp = chat(&proxy, &[], &body).await;
+        if header(&resp, "x-condenser-tokens-after") != header(&resp, "x-condenser-tokens-before") {
+            break resp;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never compressed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        header(&repeat, "x-condenser-compressor").as_deref(),
+        Some("extractive")
+    );
+    let sent = mock.last().json();
+    let text = sent["messages"][0]["content"].as_str().expect("text");
+    assert!(text.len() < long_document().len() / 2);
+    assert!(text.contains("Marguerite Okonkwo"));
+    let health: Value = client()
+        .get(proxy.url("/healthz"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    let background = &health["compression"]["background"];
+    assert!(background["queued"].as_u64() >= Some(1), "{health}");
+    assert!(background["hits"].as_u64() >= Some(1), "{health}");
+    assert_eq!(background["queue_depth"], 0);
+}

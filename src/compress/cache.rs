@@ -70,6 +70,15 @@ impl CompressionCache {
         })
     }
 
+    /// The cached value, without computing it (background mode's lookup).
+    pub async fn peek(&self, key: u128) -> Option<Arc<str>> {
+        let found = self.entries.get(&key).await;
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }

@@ -13,6 +13,8 @@ mod pipeline;
 mod policy;
 #[cfg(feature = "local-model")]
 mod prune;
+#[cfg(feature = "local-model")]
+mod rewrite;
 pub mod text;
 mod tokens;
 mod truncate;
@@ -26,6 +28,8 @@ pub use pipeline::{CompressionOutcome, Pipeline, PipelineStats};
 pub use policy::{plan, Piece, Plan, PlanTarget};
 #[cfg(feature = "local-model")]
 pub use prune::Prune;
+#[cfg(feature = "local-model")]
+pub use rewrite::Rewrite;
 pub use tokens::Tokenizer;
 pub use truncate::Truncate;
 
@@ -78,7 +82,7 @@ pub fn build(kind: CompressorKind) -> Option<Arc<dyn Compressor>> {
         CompressorKind::Identity => Some(Arc::new(Identity)),
         CompressorKind::Truncate => Some(Arc::new(Truncate)),
         CompressorKind::Extractive => Some(Arc::new(Extractive::default())),
-        CompressorKind::Prune => None,
+        CompressorKind::Prune | CompressorKind::Rewrite => None,
     }
 }
 
@@ -89,6 +93,7 @@ pub fn kind_from_name(name: &str) -> Option<CompressorKind> {
         "truncate" => Some(CompressorKind::Truncate),
         "extractive" => Some(CompressorKind::Extractive),
         "prune" => Some(CompressorKind::Prune),
+        "rewrite" => Some(CompressorKind::Rewrite),
         _ => None,
     }
 }

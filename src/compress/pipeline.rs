@@ -1,6 +1,11 @@
 //! Applies compression to a chat request's messages: plan (policy), compress each prose piece
 //! through the cache within the route's deadline, write the results back. Any error or a missed
 //! deadline fails open: the messages are left as they were, and the event is counted and logged.
+//! In background mode (`compression.mode = "background"`) a request never waits for a
+//! compressor: pieces already in the cache are used, the others are forwarded as they came and
+//! compressed on the blocking pool behind a bounded queue, ready for the next request that
+//! carries them (chat clients resend the history every turn; system prompts and RAG documents
+//! repeat).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use super::cache::{cache_key, CompressionCache};
 use super::policy::{plan, text_slots, Plan};
 use super::{build, CompressError, CompressInput, Compressor, Tokenizer};
-use crate::config::{CompressionSettings, CompressorKind};
+use crate::config::{CompressionMode, CompressionSettings, CompressorKind};
 
 /// Pieces smaller than this are not worth a compressor call.
 const MIN_PIECE_TOKENS: usize = 24;
@@ -24,6 +30,13 @@ const INLINE_LIMIT_BYTES: usize = 8 * 1024;
 pub struct PipelineStats {
     pub requests_compressed: AtomicU64,
     pub fail_open: AtomicU64,
+    /// Background mode: texts queued for compression, and texts not queued because the queue
+    /// was full (they are tried again on their next appearance).
+    pub background_queued: AtomicU64,
+    pub background_queue_full: AtomicU64,
+    /// Background mode: texts served compressed from the cache / forwarded as they came.
+    pub background_hits: AtomicU64,
+    pub background_misses: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,8 +52,14 @@ pub struct CompressionOutcome {
 pub struct Pipeline {
     compressors: HashMap<CompressorKind, Arc<dyn Compressor>>,
     cache: CompressionCache,
-    pub stats: PipelineStats,
+    /// Bounds background compressions in flight (queued or running).
+    background: Arc<Semaphore>,
+    background_capacity: usize,
+    pub stats: Arc<PipelineStats>,
 }
+
+/// Background compressions in flight at most; more texts are skipped until a slot frees.
+const BACKGROUND_QUEUE: usize = 64;
 
 impl Pipeline {
     pub fn new(cache_bytes: u64) -> Self {
@@ -55,7 +74,9 @@ impl Pipeline {
         Self {
             compressors,
             cache: CompressionCache::new(cache_bytes),
-            stats: PipelineStats::default(),
+            background: Arc::new(Semaphore::new(BACKGROUND_QUEUE)),
+            background_capacity: BACKGROUND_QUEUE,
+            stats: Arc::default(),
         }
     }
 
@@ -71,6 +92,11 @@ impl Pipeline {
 
     pub fn cache(&self) -> &CompressionCache {
         &self.cache
+    }
+
+    /// Background compressions queued or running now.
+    pub fn background_depth(&self) -> usize {
+        self.background_capacity - self.background.available_permits()
     }
 
     /// Token count of all message text, for requests that are not compressed.
@@ -116,7 +142,14 @@ impl Pipeline {
             return outcome;
         }
         let deadline = Duration::from_millis(settings.timeout_ms);
-        let work = self.compress_plan(&plan, compressor.clone(), settings.target_ratio, tokenizer);
+        let background = settings.mode == CompressionMode::Background;
+        let work = self.compress_plan(
+            &plan,
+            compressor.clone(),
+            settings.target_ratio,
+            tokenizer,
+            background,
+        );
         let result = match tokio::time::timeout(deadline, work).await {
             Ok(result) => result,
             Err(_) => Err(CompressError::Timeout(settings.timeout_ms)),
@@ -148,6 +181,7 @@ impl Pipeline {
         compressor: Arc<dyn Compressor>,
         ratio: f64,
         tokenizer: Tokenizer,
+        background: bool,
     ) -> Result<(Vec<String>, usize), CompressError> {
         let mut saved = 0;
         let mut texts = Vec::with_capacity(plan.targets.len());
@@ -171,6 +205,7 @@ impl Pipeline {
                         ratio,
                         tokenizer,
                         compressor.clone(),
+                        background,
                     )
                     .await?;
                 let after = tokenizer.count(&compressed);
@@ -189,6 +224,9 @@ impl Pipeline {
         Ok((texts, saved))
     }
 
+    /// One piece's compressed text. In background mode a piece not in the cache is returned as
+    /// it came and its compression is started off the request path (if the queue has room).
+    #[allow(clippy::too_many_arguments)]
     async fn compress_piece(
         &self,
         text: &str,
@@ -197,6 +235,7 @@ impl Pipeline {
         ratio: f64,
         tokenizer: Tokenizer,
         compressor: Arc<dyn Compressor>,
+        background: bool,
     ) -> Result<Arc<str>, CompressError> {
         let ratio_bits = ratio.to_bits().to_le_bytes();
         let query_part = if compressor.query_aware() {
@@ -215,6 +254,45 @@ impl Pipeline {
         let blocking = compressor.blocking() || text.len() > INLINE_LIMIT_BYTES;
         let owned_text = text.to_string();
         let owned_query = query.to_string();
+        if background {
+            if let Some(hit) = self.cache.peek(key).await {
+                self.stats.background_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit);
+            }
+            self.stats.background_misses.fetch_add(1, Ordering::Relaxed);
+            let Ok(slot) = self.background.clone().try_acquire_owned() else {
+                self.stats
+                    .background_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(Arc::from(text));
+            };
+            self.stats.background_queued.fetch_add(1, Ordering::Relaxed);
+            let cache = self.cache.clone();
+            tokio::spawn(async move {
+                let result = cache
+                    .get_or_compute(key, async move {
+                        tokio::task::spawn_blocking(move || {
+                            compressor.compress(&CompressInput {
+                                text: &owned_text,
+                                query: &owned_query,
+                                target_tokens,
+                                tokenizer,
+                            })
+                        })
+                        .await
+                        .map_err(|e| CompressError::Failed {
+                            compressor: "pipeline",
+                            reason: e.to_string(),
+                        })?
+                    })
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "background compression failed; the text stays uncompressed");
+                }
+                drop(slot);
+            });
+            return Ok(Arc::from(text));
+        }
         self.cache
             .get_or_compute(key, async move {
                 let run = move || {

@@ -8,7 +8,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use raw::UpstreamKind;
+pub use raw::{CompressionMode, UpstreamKind};
 pub use raw::{
     CompressorKind, RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer,
     RawUpstream, Role,

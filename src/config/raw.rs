@@ -24,6 +24,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawCompressors {
     pub prune: Option<RawLocalModel>,
+    pub rewrite: Option<RawLocalModel>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +46,16 @@ pub struct RawLocalModel {
     /// Layers offloaded to the GPU in `cuda` / `metal` builds.
     #[serde(default)]
     pub gpu_layers: u32,
+    /// A GGUF LoRA adapter applied at runtime.
+    pub lora: Option<String>,
+    #[serde(default = "default_lora_scale")]
+    pub lora_scale: f32,
+    /// `rewrite` only: the compressor used when the model's output is unusable.
+    pub fallback: Option<CompressorKind>,
+}
+
+fn default_lora_scale() -> f32 {
+    1.0
 }
 
 fn default_model_threads() -> i32 {
@@ -147,6 +158,14 @@ pub struct RawRoute {
     pub shadow: Option<RawRouteShadow>,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionMode {
+    #[default]
+    Inline,
+    Background,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CompressorKind {
@@ -155,6 +174,8 @@ pub enum CompressorKind {
     Extractive,
     /// Local-model token pruning (needs `[compressors.prune]` and the `local-model` feature).
     Prune,
+    /// Local-model generative rewrite (needs `[compressors.rewrite]` and `local-model`).
+    Rewrite,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -180,6 +201,10 @@ pub struct RawCompression {
     pub roles: Vec<Role>,
     /// Longest a compressor may take before the original request is forwarded.
     pub timeout_ms: u64,
+    /// `inline`: compress before forwarding (within `timeout_ms`); `background`: forward texts
+    /// seen for the first time uncompressed and compress them off the request path, so their
+    /// next appearance is served from the cache.
+    pub mode: CompressionMode,
     /// `manual` (`enabled` decides) or `auto` (the route's shadow pass rate decides).
     pub rollout: RawRollout,
     /// Auto rollout: scored samples needed before compression is served.
@@ -197,6 +222,7 @@ impl Default for RawCompression {
             target_ratio: 0.35,
             roles: vec![Role::System, Role::Developer, Role::User, Role::Tool],
             timeout_ms: 250,
+            mode: CompressionMode::Inline,
             rollout: RawRollout::Manual,
             min_samples: 50,
             min_pass_rate: 0.95,

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::raw::{CompressorKind, RawCompression, RawConfig, RawLocalModel, Role, UpstreamKind};
+use super::raw::{
+    CompressionMode, CompressorKind, RawCompression, RawConfig, RawLocalModel, Role, UpstreamKind,
+};
 use super::shadow::{
     validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
 };
@@ -19,6 +21,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[compressors.prune]`: the local model behind the `prune` compressor.
     pub prune: Option<LocalModelSettings>,
+    /// `[compressors.rewrite]`: the local model (and adapter) behind `rewrite`.
+    pub rewrite: Option<LocalModelSettings>,
     /// `[shadow]`: where samples are stored and how they are scored.
     pub shadow: Option<ShadowSettings>,
 }
@@ -32,6 +36,8 @@ pub struct LocalModelSettings {
     pub queue: usize,
     pub timeout_ms: u64,
     pub gpu_layers: u32,
+    pub lora: Option<(std::path::PathBuf, f32)>,
+    pub fallback: Option<CompressorKind>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +86,7 @@ pub struct CompressionSettings {
     pub target_ratio: f64,
     pub roles: Vec<Role>,
     pub timeout_ms: u64,
+    pub mode: CompressionMode,
     pub rollout: Rollout,
 }
 
@@ -210,13 +217,25 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .compressors
         .prune
         .as_ref()
-        .map(validate_local_model)
+        .map(|m| validate_local_model(m, "prune"))
+        .transpose()?;
+    let rewrite = raw
+        .compressors
+        .rewrite
+        .as_ref()
+        .map(|m| validate_local_model(m, "rewrite"))
         .transpose()?;
     for (i, route) in routes.iter().enumerate() {
         if route.compression.compressor == CompressorKind::Prune && prune.is_none() {
             return Err(ConfigError::invalid(
                 format!("routes[{i}].compression.compressor"),
                 "`prune` needs a [compressors.prune] section naming its model",
+            ));
+        }
+        if route.compression.compressor == CompressorKind::Rewrite && rewrite.is_none() {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].compression.compressor"),
+                "`rewrite` needs a [compressors.rewrite] section naming its model",
             ));
         }
     }
@@ -241,15 +260,32 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         upstreams,
         routes,
         prune,
+        rewrite,
         shadow: raw.shadow.as_ref().map(validate_shadow).transpose()?,
     })
 }
 
-fn validate_local_model(raw: &RawLocalModel) -> Result<LocalModelSettings, ConfigError> {
-    let key = |field: &str| format!("compressors.prune.{field}");
+fn validate_local_model(
+    raw: &RawLocalModel,
+    name: &str,
+) -> Result<LocalModelSettings, ConfigError> {
+    let key = |field: &str| format!("compressors.{name}.{field}");
+    if matches!(
+        raw.fallback,
+        Some(CompressorKind::Prune | CompressorKind::Rewrite)
+    ) || (raw.fallback.is_some() && name != "rewrite")
+    {
+        return Err(ConfigError::invalid(
+            key("fallback"),
+            "only `rewrite` takes a fallback, and it must be identity, truncate or extractive",
+        ));
+    }
+    if !(raw.lora_scale.is_finite() && raw.lora_scale >= 0.0) {
+        return Err(ConfigError::invalid(key("lora_scale"), "must be >= 0"));
+    }
     if !cfg!(feature = "local-model") {
         return Err(ConfigError::invalid(
-            "compressors.prune",
+            format!("compressors.{name}"),
             "this build has no local-model support (build with `--features local-model`)",
         ));
     }
@@ -276,6 +312,8 @@ fn validate_local_model(raw: &RawLocalModel) -> Result<LocalModelSettings, Confi
         queue: raw.queue,
         timeout_ms: raw.timeout_ms,
         gpu_layers: raw.gpu_layers,
+        lora: raw.lora.clone().map(|p| (p.into(), raw.lora_scale)),
+        fallback: raw.fallback,
     })
 }
 
@@ -308,6 +346,7 @@ fn validate_compression(
         target_ratio: raw.target_ratio,
         roles: raw.roles.clone(),
         timeout_ms: raw.timeout_ms,
+        mode: raw.mode,
         rollout: validate_rollout(raw.rollout, raw.min_samples, raw.min_pass_rate, key)?,
     })
 }

@@ -96,31 +96,45 @@ impl AppState {
     }
 }
 
-/// Loads `[compressors.prune]`'s model (once) and registers the compressor.
+/// Loads the models of `[compressors.prune]` and `[compressors.rewrite]` (once each) and
+/// registers their compressors.
 #[cfg(feature = "local-model")]
-fn with_local_models(pipeline: Pipeline, config: &Config) -> Result<Pipeline, String> {
-    use crate::compress::Prune;
-    use crate::config::CompressorKind;
+fn with_local_models(mut pipeline: Pipeline, config: &Config) -> Result<Pipeline, String> {
+    use crate::compress::{build, Prune, Rewrite};
+    use crate::config::{CompressorKind, LocalModelSettings};
     use crate::llm::{LocalModel, LocalModelConfig};
-    let Some(settings) = &config.prune else {
-        return Ok(pipeline);
+    use std::time::Duration;
+    let load = |name: &str, settings: &LocalModelSettings| {
+        let model = LocalModel::load(&LocalModelConfig {
+            path: settings.model.clone(),
+            lora: settings.lora.clone(),
+            threads: settings.threads,
+            context: settings.context,
+            workers: settings.workers,
+            queue: settings.queue,
+            gpu_layers: settings.gpu_layers,
+        })
+        .map_err(|e| format!("compressors.{name}: {e}"))?;
+        tracing::info!(compressor = name, model = %settings.model.display(), workers = settings.workers, "local model loaded");
+        Ok::<_, String>(Arc::new(model))
     };
-    let model = LocalModel::load(&LocalModelConfig {
-        path: settings.model.clone(),
-        lora: None,
-        threads: settings.threads,
-        context: settings.context,
-        workers: settings.workers,
-        queue: settings.queue,
-        gpu_layers: settings.gpu_layers,
-    })
-    .map_err(|e| format!("compressors.prune: {e}"))?;
-    tracing::info!(model = %settings.model.display(), workers = settings.workers, "local model loaded");
-    let prune = Prune::new(
-        std::sync::Arc::new(model),
-        std::time::Duration::from_millis(settings.timeout_ms),
-    );
-    Ok(pipeline.with_compressor(CompressorKind::Prune, std::sync::Arc::new(prune)))
+    if let Some(settings) = &config.prune {
+        let prune = Prune::new(
+            load("prune", settings)?,
+            Duration::from_millis(settings.timeout_ms),
+        );
+        pipeline = pipeline.with_compressor(CompressorKind::Prune, Arc::new(prune));
+    }
+    if let Some(settings) = &config.rewrite {
+        let fallback = settings.fallback.and_then(build);
+        let rewrite = Rewrite::new(
+            load("rewrite", settings)?,
+            Duration::from_millis(settings.timeout_ms),
+            fallback,
+        );
+        pipeline = pipeline.with_compressor(CompressorKind::Rewrite, Arc::new(rewrite));
+    }
+    Ok(pipeline)
 }
 
 #[cfg(not(feature = "local-model"))]
@@ -176,6 +190,13 @@ impl Condenser {
                         "fail_open": state.pipeline.stats.fail_open.load(Ordering::Relaxed),
                         "cache_hits": state.pipeline.cache().hits(),
                         "cache_misses": state.pipeline.cache().misses(),
+                        "background": {
+                            "queue_depth": state.pipeline.background_depth(),
+                            "queued": state.pipeline.stats.background_queued.load(Ordering::Relaxed),
+                            "queue_full": state.pipeline.stats.background_queue_full.load(Ordering::Relaxed),
+                            "hits": state.pipeline.stats.background_hits.load(Ordering::Relaxed),
+                            "misses": state.pipeline.stats.background_misses.load(Ordering::Relaxed),
+                        },
                     }
                 });
                 self.reply(session, log, 200, body.to_string().into_bytes())
