@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
-use condenser::compress::{build, kind_from_name, Compressor, Extractive, Prune, Tokenizer};
+use condenser::compress::{build, kind_from_name, Compressor, Extractive, Prune, Rewrite, Tokenizer};
 use condenser::config::CompressorKind;
 use condenser::llm::{LocalModel, LocalModelConfig};
 use std::time::Duration;
@@ -214,6 +214,12 @@ fn compressor_for(
         CompressorKind::Extractive => Ok(Arc::new(extractive.clone())),
         // Offline there is no request deadline: the model may take as long as it needs.
         CompressorKind::Prune => Ok(Arc::new(Prune::new(local.get()?, Duration::from_secs(600)))),
+        // No fallback: measure the model's own rewrites (rejected ones count as failed open).
+        CompressorKind::Rewrite => Ok(Arc::new(Rewrite::new(
+            local.get()?,
+            Duration::from_secs(600),
+            None,
+        ))),
         other => build(other).with_context(|| format!("`{name}` cannot be built offline")),
     }
 }

@@ -23,6 +23,8 @@ pub struct RecallRow {
     pub support_recall: Option<f64>,
     pub ms_per_1k_median: f64,
     pub ms_per_1k_p95: f64,
+    /// Examples where the compressor failed and the text was kept whole.
+    pub failed_open: usize,
 }
 
 pub fn run(
@@ -36,6 +38,7 @@ pub fn run(
     let (mut answers_found, mut answer_n) = (0usize, 0usize);
     let (mut support_found, mut support_n) = (0usize, 0usize);
     let mut speeds = Vec::with_capacity(examples.len());
+    let mut failed_open = 0usize;
     for (i, example) in examples.iter().enumerate() {
         let context = &example.context;
         let before = tokenizer.count(context);
@@ -46,7 +49,15 @@ pub fn run(
             tokenizer,
         };
         let started = Instant::now();
-        let compressed = compressor.compress(&input)?;
+        // As in the proxy, a compressor error leaves the text as it was (counted).
+        let compressed = match compressor.compress(&input) {
+            Ok(text) => text,
+            Err(error) => {
+                eprintln!("  {}: {error}", example.id);
+                failed_open += 1;
+                context.clone()
+            }
+        };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let after = tokenizer.count(&compressed);
         tokens_in += before;
@@ -92,17 +103,18 @@ pub fn run(
         support_recall: (support_n > 0).then(|| support_found as f64 / support_n as f64),
         ms_per_1k_median: percentile(0.5),
         ms_per_1k_p95: percentile(0.95),
+        failed_open,
     })
 }
 
 pub fn markdown(rows: &[RecallRow], examples: usize) -> String {
     let mut out = format!(
-        "| compressor | target | ratio (sum) | ratio (mean) | answer recall (n={}) | evidence recall | ms / 1k tokens p50 | p95 |\n|---|---|---|---|---|---|---|---|\n",
+        "| compressor | target | ratio (sum) | ratio (mean) | answer recall (n={}) | evidence recall | ms / 1k tokens p50 | p95 | failed open |\n|---|---|---|---|---|---|---|---|---|\n",
         rows.first().map_or(0, |r| r.answer_n)
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.2} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {:.3} |\n",
+            "| {} | {:.2} | {:.3} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {} |\n",
             r.compressor,
             r.target_ratio,
             r.ratio_of_sums,
@@ -111,7 +123,8 @@ pub fn markdown(rows: &[RecallRow], examples: usize) -> String {
             r.support_recall
                 .map_or_else(|| "—".to_string(), |v| format!("{v:.3}")),
             r.ms_per_1k_median,
-            r.ms_per_1k_p95
+            r.ms_per_1k_p95,
+            r.failed_open
         ));
     }
     out.push_str(&format!(
