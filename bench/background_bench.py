@@ -6,10 +6,11 @@ Two condenser processes (built with the local model) over the same mock upstream
 conversation resends its whole history every turn, as chat clients do: a ~3k-token system
 document plus the turns so far. Turns go to both proxies alternately, `--gap` seconds apart
 (a person reading and typing). The first sight of the document is forwarded uncompressed and
-pruned off the request path; later turns carry the cached compression.
+pruned off the request path (for no particular question, so it serves every later turn); later
+turns carry the cached compression.
 
   cargo build --release --features local-model --bin condenser --example mock_upstream
-  python3 bench/background_bench.py [--conversations 3] [--turns 8] [--gap 3]
+  python3 bench/background_bench.py [--conversations 3] [--turns 10] [--gap 4]
 """
 
 import argparse
@@ -68,8 +69,8 @@ def document(seed):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--conversations", type=int, default=3)
-    ap.add_argument("--turns", type=int, default=8)
-    ap.add_argument("--gap", type=float, default=3.0)
+    ap.add_argument("--turns", type=int, default=10)
+    ap.add_argument("--gap", type=float, default=4.0)
     args = ap.parse_args()
     binary = os.path.join(ROOT, "target", "release", "condenser")
     mock = os.path.join(ROOT, "target", "release", "examples", "mock_upstream")
@@ -92,7 +93,8 @@ def main():
         tokens = {n: [0, 0] for n in ports}
         compressed_turns = 0
         for c in range(args.conversations):
-            history = [{"role": "system", "content": document(c)}]
+            # Conversations 1 and 3 share a document, as a system prompt or RAG source would.
+            history = [{"role": "system", "content": document(c % 2)}]
             for t in range(args.turns):
                 history.append({"role": "user", "content": f"Which warehouse shipped invoice {c}-{t * 3}?"})
                 body = json.dumps({"model": "gpt-4o-mini", "messages": history})

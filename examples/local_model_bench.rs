@@ -17,9 +17,11 @@ fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -41,13 +43,20 @@ fn examples(n: usize) -> anyhow::Result<Vec<(String, String)>> {
                             .as_array()
                             .map(|s| s.iter().filter_map(Value::as_str).collect())
                             .unwrap_or_default();
-                        format!("{}\n{}", p[0].as_str().unwrap_or_default(), sentences.concat())
+                        format!(
+                            "{}\n{}",
+                            p[0].as_str().unwrap_or_default(),
+                            sentences.concat()
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join("\n\n")
             })
             .unwrap_or_default();
-        out.push((context, v["question"].as_str().unwrap_or_default().to_string()));
+        out.push((
+            context,
+            v["question"].as_str().unwrap_or_default().to_string(),
+        ));
     }
     Ok(out)
 }

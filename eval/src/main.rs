@@ -17,7 +17,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
-use condenser::compress::{build, kind_from_name, Compressor, Extractive, Prune, Rewrite, Tokenizer};
+use condenser::compress::{
+    build, kind_from_name, Compressor, Extractive, Prune, Rewrite, Tokenizer,
+};
 use condenser::config::CompressorKind;
 use condenser::llm::{LocalModel, LocalModelConfig};
 use std::time::Duration;

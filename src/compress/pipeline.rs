@@ -238,6 +238,10 @@ impl Pipeline {
         background: bool,
     ) -> Result<Arc<str>, CompressError> {
         let ratio_bits = ratio.to_bits().to_le_bytes();
+        // A background compression serves the text's later appearances, whose questions are
+        // not known yet (each chat turn asks a new one): it is compressed for no question, so
+        // one compression serves every turn.
+        let query = if background { "" } else { query };
         let query_part = if compressor.query_aware() {
             query.as_bytes()
         } else {
