@@ -203,6 +203,23 @@ async fn both_legs_go_upstream_and_a_changed_answer_fails_the_gates() {
     assert_eq!(public.status(), 404);
     // No key in the database, whatever the client sent.
     drop(proxy);
+    // `condenser report` reads the same store.
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_condenser"))
+        .args(["report", "--store"])
+        .arg(s.store())
+        .output()
+        .expect("condenser report");
+    let table = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    assert!(table.contains("| main | 1 (1 scored) | 0.0% |"), "{table}");
+    assert!(
+        table.contains("failed facts") || table.contains("facts, judge"),
+        "{table}"
+    );
     let bytes = std::fs::read(s.store()).expect("db");
     let wal = std::fs::read(s.store().with_extension("db-wal")).unwrap_or_default();
     for file in [&bytes, &wal] {
