@@ -135,19 +135,23 @@ impl RouteJudge {
 #[async_trait]
 impl JudgeClient for RouteJudge {
     async fn ask(&self, system: &str, user: &str) -> Result<String, String> {
-        let request = ChatRequest::parse(
-            json!({
-                "model": self.model,
-                "temperature": 0,
-                "messages": [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": user},
-                ],
-            })
-            .to_string()
-            .as_bytes(),
-        )
-        .map_err(|e| e.to_string())?;
+        // Built as a value, not serialised and parsed back.
+        let body = json!({
+            "model": self.model,
+            "temperature": 0,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
+            ],
+        });
+        let Value::Object(body) = body else {
+            return Err("judge request is not an object".into());
+        };
+        let request = ChatRequest {
+            model: self.model.clone(),
+            stream: false,
+            body,
+        };
         let (path, body, provider_headers, native_model) =
             encode(&self.upstream, &request, "/v1/chat/completions").map_err(|e| e.to_string())?;
         let mut client =

@@ -295,10 +295,13 @@ impl Shadow {
         scorer: Scorer,
         rollouts: HashMap<String, Rollout>,
     ) {
-        // Samples a previous process stored but did not get to score.
-        if let Ok(unscored) = self.with_store(|s| s.unscored()).await {
-            for sample in unscored.into_iter().filter(|_| self.settings.store_content) {
-                self.score_and_record(&scorer, sample).await;
+        // Samples a previous process stored but did not get to score (only with their text:
+        // hashes cannot be scored).
+        if self.settings.store_content {
+            if let Ok(unscored) = self.with_store(|s| s.unscored()).await {
+                for sample in unscored {
+                    self.score_and_record(&scorer, sample).await;
+                }
             }
         }
         while let Some(pending) = jobs.recv().await {
