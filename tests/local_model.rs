@@ -4,6 +4,7 @@
 #![cfg(feature = "local-model")]
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +44,8 @@ the same height as an 81-storey building, and the tallest structure in Paris.";
 
 #[test]
 fn prune_hits_its_ratio_keeps_numbers_and_is_deterministic() {
-    let prune = Prune::new(Arc::new(load(1, 4)), Duration::from_secs(60));
+    let model = Arc::new(load(1, 4));
+    let prune = Prune::new(model.clone(), Duration::from_secs(60));
     let before = Tokenizer::O200k.count(CONTEXT);
     let input = CompressInput {
         text: CONTEXT,
@@ -52,8 +54,22 @@ fn prune_hits_its_ratio_keeps_numbers_and_is_deterministic() {
         tokenizer: Tokenizer::O200k,
     };
     let first = prune.compress(&input).expect("prune");
-    let second = prune.compress(&input).expect("prune");
+    // A second instance has an empty memo, so this is a second scoring pass by the model.
+    let second = Prune::new(model.clone(), Duration::from_secs(60))
+        .compress(&input)
+        .expect("prune");
     assert_eq!(first, second, "deterministic");
+    let scorings = model.stats.served.load(Ordering::Relaxed);
+    assert_eq!(scorings, 2);
+    // Another budget for the same text and question reuses the memoised scoring.
+    let tighter = prune
+        .compress(&CompressInput {
+            target_tokens: (before as f64 * 0.35) as usize,
+            ..input
+        })
+        .expect("prune");
+    assert_eq!(model.stats.served.load(Ordering::Relaxed), scorings);
+    assert!(Tokenizer::O200k.count(&tighter) < Tokenizer::O200k.count(&first));
     let ratio = Tokenizer::O200k.count(&first) as f64 / before as f64;
     assert!((ratio - 0.5).abs() <= 0.05, "ratio {ratio:.3}: {first}");
     assert!(

@@ -9,7 +9,7 @@
 //! the run past its cap.
 
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -190,6 +190,8 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
             "{elapsed_precise} [{bar:30}] {pos}/{len} answers, eta {eta} {msg}",
         )?,
     );
+    // Long runs go to a log under nohup, where indicatif draws nothing: a line per 10 answers.
+    let log_progress = !std::io::stderr().is_terminal();
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let ledger = Mutex::new(Ledger {
@@ -231,6 +233,15 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
                     }
                 }
                 bar.inc(1);
+                if log_progress && bar.position() % 10 == 0 {
+                    eprintln!(
+                        "{}/{} answers after {} min, eta {} min",
+                        bar.position(),
+                        conditions.len(),
+                        bar.elapsed().as_secs() / 60,
+                        bar.eta().as_secs() / 60
+                    );
+                }
             });
         }
     });

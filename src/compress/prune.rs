@@ -4,23 +4,71 @@
 //! Numbers, capitalised names, code identifiers and words of the question are dropped last.
 //! Prefill speed, no generation — but on CPU still ~100–300 tokens/s, so it suits background
 //! compression or a GPU rather than an inline deadline.
+//!
+//! The scoring pass is the whole cost and does not depend on the target ratio, so the last few
+//! scorings are memoised: the same text pruned to another budget (an eval at two ratios, two
+//! routes sharing a document) costs no second prefill.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use xxhash_rust::xxh3::Xxh3;
 
 use super::text::terms;
 use super::{CompressError, CompressInput, Compressor};
-use crate::llm::LocalModel;
+use crate::llm::{LocalModel, TokenSurprisal};
+
+/// Scorings kept; each is a few bytes per token of text.
+const MEMO_ENTRIES: usize = 8;
+
+type Scoring = Arc<Vec<TokenSurprisal>>;
 
 pub struct Prune {
     model: Arc<LocalModel>,
     /// Longest a request waits for the model (queueing included).
     pub timeout: Duration,
+    /// Most recent first: (hash of prefix and text, the model's scoring).
+    memo: Mutex<VecDeque<(u64, Scoring)>>,
 }
 
 impl Prune {
     pub fn new(model: Arc<LocalModel>, timeout: Duration) -> Self {
-        Self { model, timeout }
+        Self {
+            model,
+            timeout,
+            memo: Mutex::new(VecDeque::with_capacity(MEMO_ENTRIES)),
+        }
+    }
+
+    fn score(&self, prefix: &str, text: &str) -> Result<Scoring, CompressError> {
+        let mut hasher = Xxh3::new();
+        hasher.update(prefix.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(text.as_bytes());
+        let key = hasher.digest();
+        if let Some(hit) = self.recall(key) {
+            return Ok(hit);
+        }
+        let scored: Scoring = Arc::new(
+            self.model
+                .surprisal(prefix, text, self.timeout)
+                .map_err(|e| failed(e.to_string()))?,
+        );
+        if let Ok(mut memo) = self.memo.lock() {
+            if memo.len() == MEMO_ENTRIES {
+                memo.pop_back();
+            }
+            memo.push_front((key, scored.clone()));
+        }
+        Ok(scored)
+    }
+
+    fn recall(&self, key: u64) -> Option<Scoring> {
+        let memo = self.memo.lock().ok()?;
+        memo.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, scored)| scored.clone())
     }
 }
 
@@ -73,14 +121,11 @@ impl Compressor for Prune {
     fn compress(&self, input: &CompressInput<'_>) -> Result<String, CompressError> {
         let text = input.text;
         let prefix = format!("Question: {}\n\nContext: ", input.query.trim());
-        let scored = self
-            .model
-            .surprisal(&prefix, text, self.timeout)
-            .map_err(|e| failed(e.to_string()))?;
+        let scored = self.score(&prefix, text)?;
         // Align token pieces to the text; the model's detokenisation must reproduce it.
         let mut offsets = Vec::with_capacity(scored.len());
         let mut at = 0usize;
-        for token in &scored {
+        for token in scored.iter() {
             let end = at + token.bytes.len();
             if text.as_bytes().get(at..end) != Some(token.bytes.as_slice()) {
                 return Err(failed("token pieces do not reproduce the text".into()));

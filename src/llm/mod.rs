@@ -287,6 +287,8 @@ fn run_worker(
                 } else {
                     score::surprisal(model, &mut ctx, &prefix, &text, job.deadline)
                 };
+                // Counted before replying, so a caller that has its answer sees it counted.
+                stats.served.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(result);
             }
             Task::Generate {
@@ -299,9 +301,9 @@ fn run_worker(
                 } else {
                     generate::complete(model, &mut ctx, &turns, max_tokens, job.deadline)
                 };
+                stats.served.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(result);
             }
         }
-        stats.served.fetch_add(1, Ordering::Relaxed);
     }
 }

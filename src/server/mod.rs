@@ -215,6 +215,7 @@ impl Condenser {
                 };
                 let query = session.req_header().uri.query().map(str::to_string);
                 let body = shadowing::admin_report(shadow, query.as_deref())
+                    .await
                     .map_err(ExchangeError::BeforeResponse)?;
                 self.reply(session, log, 200, body).await
             }

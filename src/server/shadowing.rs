@@ -178,7 +178,10 @@ impl JudgeClient for RouteJudge {
 }
 
 /// `GET /admin/shadow[?route=R&since=MS]`: the report as JSON.
-pub(super) fn admin_report(shadow: &Shadow, query: Option<&str>) -> Result<Vec<u8>, ProxyError> {
+pub(super) async fn admin_report(
+    shadow: &Shadow,
+    query: Option<&str>,
+) -> Result<Vec<u8>, ProxyError> {
     let mut route = None;
     let mut since = 0i64;
     for pair in query.unwrap_or_default().split('&') {
@@ -194,6 +197,7 @@ pub(super) fn admin_report(shadow: &Shadow, query: Option<&str>) -> Result<Vec<u
     }
     let samples = shadow
         .samples(route.as_deref(), since)
+        .await
         .map_err(ProxyError::Internal)?;
     let body = json!({
         "routes": crate::shadow::report::summarise(&samples),
