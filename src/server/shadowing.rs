@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::chat::path_and_query;
 use super::upstream::Upstream;
@@ -136,17 +136,16 @@ impl RouteJudge {
 impl JudgeClient for RouteJudge {
     async fn ask(&self, system: &str, user: &str) -> Result<String, String> {
         // Built as a value, not serialised and parsed back.
-        let body = json!({
-            "model": self.model,
-            "temperature": 0,
-            "messages": [
+        let mut body = Map::new();
+        body.insert("model".into(), json!(self.model));
+        body.insert("temperature".into(), json!(0));
+        body.insert(
+            "messages".into(),
+            json!([
                 {"role": "system", "content": system},
                 {"role": "user", "content": user},
-            ],
-        });
-        let Value::Object(body) = body else {
-            return Err("judge request is not an object".into());
-        };
+            ]),
+        );
         let request = ChatRequest {
             model: self.model.clone(),
             stream: false,
