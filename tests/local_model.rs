@@ -189,6 +189,80 @@ fn generation_is_deterministic_and_a_lora_adapter_changes_it() {
     );
 }
 
+/// `chat()`'s system prompt and document, then a question: shares a long prefix with it.
+fn question_chat() -> Vec<ChatTurn> {
+    vec![
+        ChatTurn::new("system", "Summarise the user's text in one sentence."),
+        ChatTurn::new("user", format!("{CONTEXT}\n\nWho designed the tower?")),
+    ]
+}
+
+#[test]
+fn a_shared_prompt_prefix_is_prefilled_once_when_reuse_is_on() {
+    let warm = LocalModel::load(&LocalModelConfig {
+        reuse_prompt_prefix: true,
+        ..LocalModelConfig::cpu(model_path(), 2, 2048)
+    })
+    .expect("model loads");
+    let first = warm
+        .generate(&chat(), 24, Duration::from_secs(120))
+        .expect("generates");
+    assert_eq!(
+        first.reused_prompt_tokens, 0,
+        "a new worker has nothing cached"
+    );
+    let again = warm
+        .generate(&chat(), 24, Duration::from_secs(120))
+        .expect("generates");
+    assert_eq!(
+        again.reused_prompt_tokens,
+        again.prompt_tokens - 1,
+        "all but the last prompt token come from the cache"
+    );
+    assert_eq!(again.text, first.text);
+
+    // Same system prompt and document, another question: only the tail is prefilled.
+    let question = question_chat();
+    let answer = warm
+        .generate(&question, 24, Duration::from_secs(120))
+        .expect("generates");
+    assert!(
+        answer.reused_prompt_tokens > first.prompt_tokens / 2
+            && answer.reused_prompt_tokens < answer.prompt_tokens - 1,
+        "reused {} of {}",
+        answer.reused_prompt_tokens,
+        answer.prompt_tokens
+    );
+    assert!(!answer.text.is_empty());
+
+    // Scoring overwrites the KV cache, so the next chat starts from nothing and answers as a
+    // fresh worker does.
+    warm.surprisal("Eiffel", CONTEXT, Duration::from_secs(120))
+        .expect("scores");
+    let after_scoring = warm
+        .generate(&chat(), 24, Duration::from_secs(120))
+        .expect("generates");
+    assert_eq!(after_scoring.reused_prompt_tokens, 0);
+    assert_eq!(after_scoring.text, first.text);
+}
+
+#[test]
+fn without_prefix_reuse_an_answer_does_not_depend_on_the_previous_request() {
+    let model = load(1, 2);
+    let question = question_chat();
+    let cold = model
+        .generate(&question, 24, Duration::from_secs(120))
+        .expect("generates");
+    model
+        .generate(&chat(), 24, Duration::from_secs(120))
+        .expect("generates");
+    let after_other = model
+        .generate(&question, 24, Duration::from_secs(120))
+        .expect("generates");
+    assert_eq!(after_other.reused_prompt_tokens, 0);
+    assert_eq!(after_other, cold);
+}
+
 #[test]
 fn rewrite_is_deterministic_within_budget_or_falls_back() {
     let model = Arc::new(load(1, 2));

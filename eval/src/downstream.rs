@@ -3,12 +3,13 @@
 //! Every answer is one JSON line in the output file, written as soon as it exists, so a killed
 //! run loses at most the answers in flight and `--resume` skips every (id, compressor, ratio)
 //! already there. The full-context answer is computed once and shared by every compressor.
+//! Answers run in an order that lets a local model reuse its KV cache across them (`plan`).
 //! `--max-cost` stops before the next request's estimated cost would pass the cap; the estimate
 //! (tokens counted here, priced) is scaled by how far past estimates fell short of the usage the
 //! model reported, so a tokenizer that counts fewer tokens than the provider bills cannot walk
 //! the run past its cap.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -120,6 +121,41 @@ fn max_answer_tokens(record: &Record) -> usize {
     }
 }
 
+/// Every (example, condition) to answer, ordered so consecutive prompts share long prefixes,
+/// which a local task model's KV cache then skips: examples about one document (a Qasper paper
+/// with several questions) back to back, the full-context answers first, then each compressor
+/// with its ratios from the largest — a truncation is a prefix of the full context and of every
+/// larger truncation. Within a document the examples keep their input order.
+fn plan(records: &[Record], compressors: usize, ratios: &[f64]) -> Vec<Condition> {
+    let mut document_of: HashMap<&str, usize> = HashMap::new();
+    let documents: Vec<usize> = records
+        .iter()
+        .map(|r| {
+            let next = document_of.len();
+            *document_of.entry(r.context.as_str()).or_insert(next)
+        })
+        .collect();
+    let mut ratios = ratios.to_vec();
+    ratios.sort_by(|a, b| b.total_cmp(a));
+    let mut stages = vec![(None, 1.0)];
+    for c in 0..compressors {
+        stages.extend(ratios.iter().map(|&ratio| (Some(c), ratio)));
+    }
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by_key(|&i| documents[i]);
+    let mut conditions = Vec::new();
+    for document in order.chunk_by(|&a, &b| documents[a] == documents[b]) {
+        for &(compressor, ratio) in &stages {
+            conditions.extend(document.iter().map(|&record| Condition {
+                record,
+                compressor,
+                ratio,
+            }));
+        }
+    }
+    conditions
+}
+
 pub struct Summary {
     pub answered: usize,
     pub skipped: usize,
@@ -148,23 +184,7 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
     };
     let done: HashSet<_> = existing.iter().map(AnswerRow::key).collect();
     let spent: f64 = existing.iter().map(|r| r.cost_usd).sum();
-    let mut conditions = Vec::new();
-    for i in 0..records.len() {
-        conditions.push(Condition {
-            record: i,
-            compressor: None,
-            ratio: 1.0,
-        });
-        for (c, _) in settings.compressors.iter().enumerate() {
-            for &ratio in &settings.ratios {
-                conditions.push(Condition {
-                    record: i,
-                    compressor: Some(c),
-                    ratio,
-                });
-            }
-        }
-    }
+    let mut conditions = plan(records, settings.compressors.len(), &settings.ratios);
     let name_of = |c: &Condition| match c.compressor {
         Some(k) => settings.compressors[k].0.as_str(),
         None => "identity",
@@ -445,6 +465,29 @@ mod tests {
                 answer_type: Some("span".into()),
             })
             .collect()
+    }
+
+    #[test]
+    fn answers_are_planned_so_consecutive_prompts_share_prefixes() {
+        let mut records = records();
+        records[1].context = "Another document. ".repeat(40);
+        let planned: Vec<(usize, Option<usize>, f64)> = plan(&records, 2, &[0.35, 0.5])
+            .iter()
+            .map(|c| (c.record, c.compressor, c.ratio))
+            .collect();
+        let mut expected = Vec::new();
+        for document in [vec![0, 2], vec![1]] {
+            for stage in [
+                (None, 1.0),
+                (Some(0), 0.5),
+                (Some(0), 0.35),
+                (Some(1), 0.5),
+                (Some(1), 0.35),
+            ] {
+                expected.extend(document.iter().map(|&r| (r, stage.0, stage.1)));
+            }
+        }
+        assert_eq!(planned, expected);
     }
 
     #[test]

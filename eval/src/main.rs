@@ -50,6 +50,11 @@ enum Command {
         /// Shuffle with this seed before `--limit` (deterministic).
         #[arg(long)]
         seed: Option<u64>,
+        /// Sample whole documents (records sharing a context, e.g. a Qasper paper) and keep at
+        /// most this many questions of each, back to back: a local task model then prefills
+        /// each document once.
+        #[arg(long)]
+        per_document: Option<usize>,
     },
     /// Token ratio per compressor and target, in o200k and cl100k, on prepared records.
     Ratio {
@@ -286,10 +291,14 @@ fn main() -> anyhow::Result<()> {
             output,
             limit,
             seed,
+            per_document,
         } => {
             let all = loaders::load(&benchmark, &input)?;
             let total = all.len();
-            let chosen = record::sample(all, limit, seed);
+            let chosen = match per_document {
+                Some(k) => record::sample_by_document(all, limit, seed, k),
+                None => record::sample(all, limit, seed),
+            };
             record::write_jsonl(&output, &chosen)?;
             eprintln!(
                 "{benchmark}: wrote {} of {total} records to {}",

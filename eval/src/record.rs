@@ -83,9 +83,83 @@ pub fn sample<T>(mut items: Vec<T>, limit: Option<usize>, seed: Option<u64>) -> 
     items
 }
 
+/// Whole documents at a time: records grouped by context (first-seen order), the groups shuffled
+/// with `seed`, at most `per_document` questions from each, until `limit` questions. Questions
+/// about one document are then answered back to back, and a local task model prefills the
+/// document once for all of them (its KV cache keeps the shared prompt prefix).
+pub fn sample_by_document(
+    records: Vec<Record>,
+    limit: Option<usize>,
+    seed: Option<u64>,
+    per_document: usize,
+) -> Vec<Record> {
+    let mut group_of: std::collections::HashMap<String, usize> = Default::default();
+    let mut groups: Vec<Vec<Record>> = Vec::new();
+    for record in records {
+        let next = groups.len();
+        let group = *group_of.entry(record.context.clone()).or_insert(next);
+        if group == next {
+            groups.push(Vec::new());
+        }
+        groups[group].push(record);
+    }
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    for group in sample(groups, None, seed) {
+        for record in group.into_iter().take(per_document.max(1)) {
+            if out.len() == limit {
+                return out;
+            }
+            out.push(record);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(id: &str, context: &str) -> Record {
+        Record {
+            id: id.into(),
+            benchmark: "qasper".into(),
+            context: context.into(),
+            question: format!("question {id}"),
+            answers: vec![],
+            evidence: vec![],
+            domain: "nl".into(),
+            answer_type: None,
+        }
+    }
+
+    #[test]
+    fn document_sampling_keeps_a_document_s_questions_together() {
+        let records: Vec<Record> = (0..20)
+            .map(|i| record(&format!("p{}/q{}", i % 5, i), &format!("paper {}", i % 5)))
+            .collect();
+        let chosen = sample_by_document(records.clone(), Some(7), Some(7), 3);
+        assert_eq!(chosen.len(), 7);
+        // 3 + 3 + 1 questions: each paper's run is contiguous and at most 3 long.
+        let mut runs: Vec<(String, usize)> = Vec::new();
+        for r in &chosen {
+            match runs.last_mut() {
+                Some((context, n)) if *context == r.context => *n += 1,
+                _ => runs.push((r.context.clone(), 1)),
+            }
+        }
+        assert_eq!(
+            runs.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            vec![3, 3, 1]
+        );
+        let distinct: std::collections::HashSet<_> = runs.iter().map(|(c, _)| c).collect();
+        assert_eq!(distinct.len(), 3, "a paper is visited once");
+        assert_eq!(
+            chosen,
+            sample_by_document(records.clone(), Some(7), Some(7), 3)
+        );
+        assert_ne!(chosen, sample_by_document(records, Some(7), Some(8), 3));
+    }
 
     #[test]
     fn sampling_is_deterministic_per_seed() {

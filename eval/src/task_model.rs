@@ -53,6 +53,8 @@ impl TaskModel {
             let model = LocalModel::load(&LocalModelConfig {
                 workers,
                 queue: workers * 2,
+                // `downstream` orders its answers so consecutive prompts share prefixes.
+                reuse_prompt_prefix: true,
                 ..LocalModelConfig::cpu(&path, threads, context)
             })
             .with_context(|| format!("loading task model {}", path.display()))?;

@@ -2,6 +2,12 @@
 //! argmax decoding until an end-of-generation token, the token budget or the deadline. Argmax
 //! rather than a sampler keeps outputs deterministic, which compression caches and provider prompt
 //! caches rely on.
+//!
+//! With `reuse_prompt_prefix`, the worker's KV cache outlives a request: the tokens it holds are
+//! remembered ([`CachedPrefix`]), and the next prompt only prefills what follows the longest
+//! prefix it shares with them. Requests with one system prompt, or one document asked several
+//! questions, skip most of their prefill (llama.cpp's server does the same with its prompt cache,
+//! and warns the same way that logits are not bit-identical across batch splits).
 
 use std::time::Instant;
 
@@ -33,6 +39,8 @@ impl ChatTurn {
 pub struct Generation {
     pub text: String,
     pub prompt_tokens: usize,
+    /// Leading prompt tokens found in the KV cache from the previous request, not prefilled.
+    pub reused_prompt_tokens: usize,
     pub completion_tokens: usize,
     /// Whether the model ended the answer itself (false: the token budget ran out).
     pub finished: bool,
@@ -40,9 +48,62 @@ pub struct Generation {
 
 const BATCH: usize = 512;
 
+/// The tokens whose keys and values sit in a worker's KV cache, sequence 0, positions
+/// `0..tokens.len()`. Whatever else touches the context must call [`CachedPrefix::forget`].
+#[derive(Debug, Default)]
+pub(super) struct CachedPrefix {
+    tokens: Vec<LlamaToken>,
+}
+
+impl CachedPrefix {
+    pub(super) fn forget(&mut self, ctx: &mut LlamaContext<'_>) {
+        ctx.clear_kv_cache();
+        self.tokens.clear();
+    }
+
+    /// Keeps the longest cached prefix of `prompt` (never all of it: the last prompt token is
+    /// decoded again for its logits), drops the rest from the KV cache, and returns its length.
+    fn keep_shared(&mut self, ctx: &mut LlamaContext<'_>, prompt: &[LlamaToken]) -> usize {
+        let shared = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len().saturating_sub(1));
+        let trimmed = u32::try_from(shared)
+            .ok()
+            .and_then(|p0| ctx.clear_kv_cache_seq(Some(0), Some(p0), None).ok())
+            .unwrap_or(false);
+        if !trimmed {
+            self.forget(ctx);
+            return 0;
+        }
+        self.tokens.truncate(shared);
+        shared
+    }
+}
+
 pub(super) fn complete(
     model: &LlamaModel,
     ctx: &mut LlamaContext<'_>,
+    cached: &mut CachedPrefix,
+    turns: &[ChatTurn],
+    max_tokens: usize,
+    deadline: Instant,
+) -> Result<Generation, LlmError> {
+    let result = decode_and_generate(model, ctx, cached, turns, max_tokens, deadline);
+    if matches!(result, Err(LlmError::Worker(_))) {
+        // A failed decode leaves the KV cache in an unknown state.
+        cached.forget(ctx);
+    }
+    result
+}
+
+fn decode_and_generate(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    cached: &mut CachedPrefix,
     turns: &[ChatTurn],
     max_tokens: usize,
     deadline: Instant,
@@ -57,13 +118,13 @@ pub(super) fn complete(
             context: n_ctx,
         });
     }
-    ctx.clear_kv_cache();
+    let reused = cached.keep_shared(ctx, &tokens);
     let mut batch = LlamaBatch::new(BATCH, 1);
     let last = tokens.len() - 1;
-    for (start, piece) in tokens
+    for (start, piece) in tokens[reused..]
         .chunks(BATCH)
         .enumerate()
-        .map(|(i, p)| (i * BATCH, p))
+        .map(|(i, p)| (reused + i * BATCH, p))
     {
         if Instant::now() >= deadline {
             return Err(LlmError::Deadline);
@@ -76,6 +137,7 @@ pub(super) fn complete(
                 .map_err(worker_error)?;
         }
         ctx.decode(&mut batch).map_err(worker_error)?;
+        cached.tokens.extend_from_slice(piece);
     }
     let mut logits_index = batch.n_tokens() - 1;
     let mut out = Vec::new();
@@ -97,11 +159,13 @@ pub(super) fn complete(
             .add(next, (tokens.len() + produced - 1) as i32, &[0], true)
             .map_err(worker_error)?;
         ctx.decode(&mut batch).map_err(worker_error)?;
+        cached.tokens.push(next);
         logits_index = 0;
     }
     Ok(Generation {
         text: String::from_utf8_lossy(&out).trim().to_string(),
         prompt_tokens: tokens.len(),
+        reused_prompt_tokens: reused,
         completion_tokens: produced,
         finished,
     })

@@ -37,6 +37,12 @@ pub struct LocalModelConfig {
     pub queue: usize,
     /// Layers offloaded to the GPU (`cuda` / `metal` builds); 0 on CPU.
     pub gpu_layers: u32,
+    /// Keep a chat's KV cache for the next one and prefill only what follows their shared
+    /// prefix. Much cheaper for many questions about one document, but llama.cpp's logits are
+    /// not bit-identical across batch splits, so an answer may then depend on the request
+    /// before it. Off for the proxy's compressors, whose outputs are cached and must be a
+    /// function of their input alone.
+    pub reuse_prompt_prefix: bool,
 }
 
 impl LocalModelConfig {
@@ -49,6 +55,7 @@ impl LocalModelConfig {
             workers: 1,
             queue: 16,
             gpu_layers: 0,
+            reuse_prompt_prefix: false,
         }
     }
 }
@@ -267,6 +274,7 @@ fn run_worker(
         }
     }
     let _ = ready.send(Ok(()));
+    let mut cached = generate::CachedPrefix::default();
     loop {
         let job = match queue.lock() {
             Ok(guard) => match guard.recv() {
@@ -285,6 +293,8 @@ fn run_worker(
                 let result = if late {
                     Err(LlmError::Deadline)
                 } else {
+                    // Scoring windows overwrite the KV cache.
+                    cached.forget(&mut ctx);
                     score::surprisal(model, &mut ctx, &prefix, &text, job.deadline)
                 };
                 // Counted before replying, so a caller that has its answer sees it counted.
@@ -296,10 +306,20 @@ fn run_worker(
                 max_tokens,
                 reply,
             } => {
+                if !config.reuse_prompt_prefix {
+                    cached.forget(&mut ctx);
+                }
                 let result = if late {
                     Err(LlmError::Deadline)
                 } else {
-                    generate::complete(model, &mut ctx, &turns, max_tokens, job.deadline)
+                    generate::complete(
+                        model,
+                        &mut ctx,
+                        &mut cached,
+                        &turns,
+                        max_tokens,
+                        job.deadline,
+                    )
                 };
                 stats.served.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(result);

@@ -113,6 +113,9 @@ fn with_local_models(mut pipeline: Pipeline, config: &Config) -> Result<Pipeline
             workers: settings.workers,
             queue: settings.queue,
             gpu_layers: settings.gpu_layers,
+            // Compressor outputs are cached by input; they must not depend on the request
+            // served before.
+            reuse_prompt_prefix: false,
         })
         .map_err(|e| format!("compressors.{name}: {e}"))?;
         tracing::info!(compressor = name, model = %settings.model.display(), workers = settings.workers, "local model loaded");
