@@ -240,6 +240,9 @@ fn main() -> anyhow::Result<()> {
             }
             let table = report::summarise(&rows);
             print!("{}", report::markdown(&table));
+            if let Some(by_kind) = report::markdown_by_answer_type(&rows) {
+                print!("\nCompressed F1 by answer kind, `F1 (ΔF1, n)`:\n\n{by_kind}");
+            }
             if let Some(path) = plot {
                 report::plot(&table, &path, &title)?;
                 eprintln!("wrote {}", path.display());

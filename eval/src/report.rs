@@ -1,7 +1,9 @@
 //! `condenser-eval report`: the downstream answers of one or more runs as the seed project's table
 //! (Compressed EM, ΔEM, Compressed F1, ΔF1, Ratio, Cost) per task model, compressor and target
 //! ratio — deltas are paired, over the examples answered both with the full context and the
-//! compressed one — and a ratio-vs-ΔF1 plot per compressor (SVG).
+//! compressed one — the same F1 split by answer kind where a benchmark has several (Qasper's
+//! extractive / abstractive / boolean / unanswerable), and a ratio-vs-ΔF1 plot per compressor
+//! (SVG).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -122,6 +124,59 @@ pub fn markdown(rows: &[ReportRow]) -> String {
     out
 }
 
+/// Compressed F1 per answer kind, one row per task model, benchmark, compressor and target, a
+/// cell `F1 (ΔF1, n)` per kind; `None` when every answer is of one kind.
+pub fn markdown_by_answer_type(rows: &[AnswerRow]) -> Option<String> {
+    let kind = |r: &AnswerRow| r.answer_type.clone().unwrap_or_else(|| "–".into());
+    let kinds: std::collections::BTreeSet<String> = rows.iter().map(kind).collect();
+    if kinds.len() < 2 {
+        return None;
+    }
+    let key = |r: &ReportRow| {
+        (
+            r.task_model.clone(),
+            r.benchmark.clone(),
+            r.compressor.clone(),
+            format!("{:.3}", r.target_ratio),
+        )
+    };
+    let mut cells: HashMap<(Key, &str), String> = HashMap::new();
+    for k in &kinds {
+        let of_kind: Vec<AnswerRow> = rows.iter().filter(|r| kind(r) == *k).cloned().collect();
+        for r in summarise(&of_kind) {
+            cells.insert(
+                (key(&r), k.as_str()),
+                format!("{:.3} ({:+.3}, {})", r.f1, r.delta_f1, r.n),
+            );
+        }
+    }
+    let mut out = format!(
+        "| task model | benchmark | compressor | target | {} |\n|---|---|---|---|{}\n",
+        kinds.iter().cloned().collect::<Vec<_>>().join(" | "),
+        "---|".repeat(kinds.len())
+    );
+    for r in summarise(rows) {
+        let row: Vec<String> = kinds
+            .iter()
+            .map(|k| {
+                cells
+                    .get(&(key(&r), k.as_str()))
+                    .cloned()
+                    .unwrap_or_else(|| "–".into())
+            })
+            .collect();
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {} |\n",
+            r.task_model,
+            r.benchmark,
+            r.compressor,
+            r.target_ratio,
+            row.join(" | ")
+        ));
+    }
+    Some(out)
+}
+
 const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -214,6 +269,28 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("+0.250"), "{md}");
+    }
+
+    #[test]
+    fn f1_is_split_by_answer_kind_when_there_are_several() {
+        let typed = |id: &str, compressor: &str, ratio: f64, f1: f64, kind: &str| AnswerRow {
+            answer_type: Some(kind.into()),
+            ..row(id, compressor, ratio, f1)
+        };
+        let rows = vec![
+            typed("a", "identity", 1.0, 1.0, "boolean"),
+            typed("a", "truncate", 0.35, 0.0, "boolean"),
+            typed("b", "identity", 1.0, 0.5, "extractive"),
+            typed("b", "truncate", 0.35, 0.75, "extractive"),
+        ];
+        let md = markdown_by_answer_type(&rows).expect("two kinds");
+        assert!(md.contains("| boolean | extractive |"), "{md}");
+        assert!(
+            md.contains("| truncate | 0.35 | 0.000 (-1.000, 1) | 0.750 (+0.250, 1) |"),
+            "{md}"
+        );
+        let one_kind: Vec<AnswerRow> = rows.into_iter().filter(|r| r.id == "a").collect();
+        assert_eq!(markdown_by_answer_type(&one_kind), None);
     }
 
     #[test]
