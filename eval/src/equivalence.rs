@@ -102,11 +102,14 @@ pub struct EquivalenceRow {
     pub embedding_n: usize,
     pub facts_sum: f64,
     pub facts_n: usize,
+    /// Judge replies that were not the rubric's JSON (counted in the judge failures too).
+    pub judge_unreadable: usize,
 }
 
 pub async fn run(pairs: &[Pair], scorer: &Scorer) -> Vec<EquivalenceRow> {
     let mut groups: BTreeMap<(String, String, String, String), EquivalenceRow> = BTreeMap::new();
     let bar = indicatif::ProgressBar::new(pairs.len() as u64);
+    let mut unreadable_shown = 0;
     for pair in pairs {
         let text = |t: &str| Answer {
             text: t.to_string(),
@@ -148,6 +151,14 @@ pub async fn run(pairs: &[Pair], scorer: &Scorer) -> Vec<EquivalenceRow> {
             row.facts_sum += f64::from(f);
             row.facts_n += 1;
         }
+        if let Some(error) = &scores.judge_error {
+            // The first few, so a judge model that cannot follow the rubric shows why.
+            if unreadable_shown < 3 {
+                bar.suspend(|| eprintln!("judge reply unreadable: {error}"));
+                unreadable_shown += 1;
+            }
+            row.judge_unreadable += 1;
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -159,12 +170,8 @@ pub fn markdown(rows: &[EquivalenceRow], judged: bool) -> String {
         "| source | compressor | ratio | domain | pairs | pass rate | embedding fail | facts fail | judge fail | mean embedding | mean facts |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let share = |gate: &str| {
-            format!(
-                "{:.1}%",
-                100.0 * *r.failures.get(gate).unwrap_or(&0) as f64 / r.pairs.max(1) as f64
-            )
-        };
+        let percent = |n: usize| format!("{:.1}%", 100.0 * n as f64 / r.pairs.max(1) as f64);
+        let share = |gate: &str| percent(*r.failures.get(gate).unwrap_or(&0));
         let mean = |sum: f64, n: usize| {
             if n == 0 {
                 "–".to_string()
@@ -186,7 +193,15 @@ pub fn markdown(rows: &[EquivalenceRow], judged: bool) -> String {
                 "–".into()
             },
             share("facts"),
-            if judged { share("judge") } else { "–".into() },
+            if judged {
+                format!(
+                    "{} ({} unreadable)",
+                    share("judge"),
+                    percent(r.judge_unreadable)
+                )
+            } else {
+                "–".into()
+            },
             mean(r.embedding_sum, r.embedding_n),
             mean(r.facts_sum, r.facts_n),
         ));
@@ -225,5 +240,35 @@ mod tests {
         assert_eq!(by("extractive").passed, 0);
         assert_eq!(by("extractive").failures.get("facts"), Some(&1));
         assert!(markdown(&table, false).contains("| m | extractive | 0.35 | nl | 1 | 0.0% |"));
+    }
+
+    /// A judge that answers in prose instead of the rubric's JSON.
+    struct Chatty;
+
+    #[async_trait]
+    impl JudgeClient for Chatty {
+        async fn ask(&self, _: &str, _: &str) -> Result<String, String> {
+            Ok("Both answers look the same to me.".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_judge_that_ignores_the_rubric_is_reported_as_unreadable() {
+        let rows = vec![
+            row("a", "identity", "Opened in 1889 in Paris"),
+            row("a", "truncate", "Opened in 1889 in Paris"),
+        ];
+        let scorer = Scorer {
+            embedder: None,
+            judge: Some(Arc::new(Chatty)),
+            thresholds: Thresholds::default(),
+        };
+        let table = run(&pairs_from_runs(&rows, &[]), &scorer).await;
+        assert_eq!((table[0].passed, table[0].judge_unreadable), (0, 1));
+        assert!(
+            markdown(&table, true).contains("| 100.0% (100.0% unreadable) |"),
+            "{}",
+            markdown(&table, true)
+        );
     }
 }
