@@ -124,8 +124,9 @@ fn max_answer_tokens(record: &Record) -> usize {
 /// Every (example, condition) to answer, ordered so consecutive prompts share long prefixes,
 /// which a local task model's KV cache then skips: examples about one document (a Qasper paper
 /// with several questions) back to back, the full-context answers first, then each compressor
-/// with its ratios from the largest — a truncation is a prefix of the full context and of every
-/// larger truncation. Within a document the examples keep their input order.
+/// with its ratios from the largest (`truncate` keeps the head of the text, which the full
+/// context and every larger truncation share). Within a document the examples keep their input
+/// order.
 fn plan(records: &[Record], compressors: usize, ratios: &[f64]) -> Vec<Condition> {
     let mut document_of: HashMap<&str, usize> = HashMap::new();
     let documents: Vec<usize> = records
