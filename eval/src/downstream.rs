@@ -9,7 +9,7 @@
 //! model reported, so a tokenizer that counts fewer tokens than the provider bills cannot walk
 //! the run past its cap.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,7 +21,7 @@ use condenser::compress::{CompressInput, Compressor, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{best_em_f1, contains_answer};
-use crate::record::Record;
+use crate::record::{document_ids, Record};
 use crate::task_model::{Price, TaskModel};
 
 /// One answer to one example under one condition.
@@ -128,14 +128,7 @@ fn max_answer_tokens(record: &Record) -> usize {
 /// context and every larger truncation share). Within a document the examples keep their input
 /// order.
 fn plan(records: &[Record], compressors: usize, ratios: &[f64]) -> Vec<Condition> {
-    let mut document_of: HashMap<&str, usize> = HashMap::new();
-    let documents: Vec<usize> = records
-        .iter()
-        .map(|r| {
-            let next = document_of.len();
-            *document_of.entry(r.context.as_str()).or_insert(next)
-        })
-        .collect();
+    let documents = document_ids(records);
     let mut ratios = ratios.to_vec();
     ratios.sort_by(|a, b| b.total_cmp(a));
     let mut stages = vec![(None, 1.0)];

@@ -240,7 +240,7 @@ fn main() -> anyhow::Result<()> {
             }
             let table = report::summarise(&rows);
             print!("{}", report::markdown(&table));
-            if let Some(by_kind) = report::markdown_by_answer_type(&rows) {
+            if let Some(by_kind) = report::markdown_by_answer_type(&rows, &table) {
                 print!("\nCompressed F1 by answer kind, `F1 (ΔF1, n)`:\n\n{by_kind}");
             }
             if let Some(path) = plot {

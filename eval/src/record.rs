@@ -83,25 +83,33 @@ pub fn sample<T>(mut items: Vec<T>, limit: Option<usize>, seed: Option<u64>) -> 
     items
 }
 
-/// Whole documents at a time: records grouped by context (first-seen order), the groups shuffled
-/// with `seed`, at most `per_document` questions from each, until `limit` questions. Questions
-/// about one document are then answered back to back, and a local task model prefills the
-/// document once for all of them (its KV cache keeps the shared prompt prefix).
+/// For each record, the index of its document: records with the same context share one,
+/// numbered in order of first appearance.
+pub fn document_ids(records: &[Record]) -> Vec<usize> {
+    let mut id_of: std::collections::HashMap<&str, usize> = Default::default();
+    records
+        .iter()
+        .map(|r| {
+            let next = id_of.len();
+            *id_of.entry(r.context.as_str()).or_insert(next)
+        })
+        .collect()
+}
+
+/// Whole documents at a time: records grouped by [`document_ids`], the groups shuffled with
+/// `seed`, at most `per_document` questions from each, until `limit` questions. Questions about
+/// one document are then answered back to back, and a local task model prefills the document
+/// once for all of them (its KV cache keeps the shared prompt prefix).
 pub fn sample_by_document(
     records: Vec<Record>,
     limit: Option<usize>,
     seed: Option<u64>,
     per_document: usize,
 ) -> Vec<Record> {
-    let mut group_of: std::collections::HashMap<String, usize> = Default::default();
-    let mut groups: Vec<Vec<Record>> = Vec::new();
-    for record in records {
-        let next = groups.len();
-        let group = *group_of.entry(record.context.clone()).or_insert(next);
-        if group == next {
-            groups.push(Vec::new());
-        }
-        groups[group].push(record);
+    let ids = document_ids(&records);
+    let mut groups: Vec<Vec<Record>> = vec![Vec::new(); ids.iter().max().map_or(0, |m| m + 1)];
+    for (record, id) in records.into_iter().zip(ids) {
+        groups[id].push(record);
     }
     let limit = limit.unwrap_or(usize::MAX);
     let mut out = Vec::new();

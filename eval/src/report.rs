@@ -124,9 +124,9 @@ pub fn markdown(rows: &[ReportRow]) -> String {
     out
 }
 
-/// Compressed F1 per answer kind, one row per task model, benchmark, compressor and target, a
-/// cell `F1 (ΔF1, n)` per kind; `None` when every answer is of one kind.
-pub fn markdown_by_answer_type(rows: &[AnswerRow]) -> Option<String> {
+/// Compressed F1 per answer kind, one row per row of `table` (`summarise(rows)`), a cell
+/// `F1 (ΔF1, n)` per kind; `None` when every answer is of one kind.
+pub fn markdown_by_answer_type(rows: &[AnswerRow], table: &[ReportRow]) -> Option<String> {
     let kind = |r: &AnswerRow| r.answer_type.clone().unwrap_or_else(|| "–".into());
     let kinds: std::collections::BTreeSet<String> = rows.iter().map(kind).collect();
     if kinds.len() < 2 {
@@ -155,12 +155,12 @@ pub fn markdown_by_answer_type(rows: &[AnswerRow]) -> Option<String> {
         kinds.iter().cloned().collect::<Vec<_>>().join(" | "),
         "---|".repeat(kinds.len())
     );
-    for r in summarise(rows) {
+    for r in table {
         let row: Vec<String> = kinds
             .iter()
             .map(|k| {
                 cells
-                    .get(&(key(&r), k.as_str()))
+                    .get(&(key(r), k.as_str()))
                     .cloned()
                     .unwrap_or_else(|| "–".into())
             })
@@ -283,14 +283,17 @@ mod tests {
             typed("b", "identity", 1.0, 0.5, "extractive"),
             typed("b", "truncate", 0.35, 0.75, "extractive"),
         ];
-        let md = markdown_by_answer_type(&rows).expect("two kinds");
+        let md = markdown_by_answer_type(&rows, &summarise(&rows)).expect("two kinds");
         assert!(md.contains("| boolean | extractive |"), "{md}");
         assert!(
             md.contains("| truncate | 0.35 | 0.000 (-1.000, 1) | 0.750 (+0.250, 1) |"),
             "{md}"
         );
         let one_kind: Vec<AnswerRow> = rows.into_iter().filter(|r| r.id == "a").collect();
-        assert_eq!(markdown_by_answer_type(&one_kind), None);
+        assert_eq!(
+            markdown_by_answer_type(&one_kind, &summarise(&one_kind)),
+            None
+        );
     }
 
     #[test]
