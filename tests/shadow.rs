@@ -20,6 +20,13 @@ fn embedder_dir() -> PathBuf {
     dir
 }
 
+/// One server thread, a short grace period, the admin listener on `admin`.
+fn server_section(admin: u16) -> String {
+    format!(
+        "[server]\nthreads = 1\ngrace_period_seconds = 1\nadmin_listen = \"127.0.0.1:{admin}\"\n"
+    )
+}
+
 struct Setup {
     mock: MockUpstream,
     dir: tempfile::TempDir,
@@ -54,11 +61,7 @@ impl Setup {
     ) -> String {
         format!(
             r#"
-[server]
-threads = 1
-grace_period_seconds = 1
-admin_listen = "127.0.0.1:{admin}"
-
+{server}
 [[upstreams]]
 name = "mock"
 kind = "openai"
@@ -85,6 +88,56 @@ embedding_model = "{embedder}"
 judge_model = "judge"
 {shadow_extra}
 "#,
+            server = server_section(admin),
+            base = self.mock.base_url(),
+            store = self.store().display(),
+            embedder = embedder_dir().display(),
+        )
+    }
+}
+
+impl Setup {
+    /// The `main` route over an Anthropic upstream (the Messages front door), with a `judging`
+    /// route over the OpenAI-compatible mock for the judge gate.
+    fn anthropic_config(&self, admin: u16, route_shadow: &str) -> String {
+        format!(
+            r#"
+{server}
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+base_url = "http://{addr}/v1"
+
+[[upstreams]]
+name = "mock"
+kind = "openai"
+base_url = "{base}"
+
+[[routes]]
+name = "main"
+models = ["stable", "sensitive"]
+upstream = "claude"
+
+[routes.compression]
+compressor = "extractive"
+min_tokens = 200
+target_ratio = 0.35
+
+[routes.shadow]
+{route_shadow}
+
+[[routes]]
+name = "judging"
+models = ["judge"]
+upstream = "mock"
+
+[shadow]
+store = "{store}"
+embedding_model = "{embedder}"
+judge_model = "judge"
+"#,
+            server = server_section(admin),
+            addr = self.mock.addr,
             base = self.mock.base_url(),
             store = self.store().display(),
             embedder = embedder_dir().display(),
@@ -143,6 +196,41 @@ async fn wait_scored(admin_port: u16, scored: u64) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The proxy over an Anthropic upstream, shadowing every request and serving `serve`.
+async fn start_anthropic(serve: &str) -> (Setup, u16, Condenser) {
+    let s = Setup::new().await;
+    let admin_port = s.admin_port();
+    let route_shadow = format!("sample_rate = 1.0\nserve = \"{serve}\"");
+    let proxy = Condenser::start(&s.anthropic_config(admin_port, &route_shadow));
+    (s, admin_port, proxy)
+}
+
+/// A Claude client's request: the document in `system`, the question as a text block.
+async fn ask_anthropic(proxy: &Condenser, model: &str, stream: bool) -> reqwest::Response {
+    let body = json!({
+        "model": model, "max_tokens": 256, "stream": stream,
+        "system": long_document(),
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "When was the lighthouse lamp first lit, and by whom?"}]}]
+    });
+    reqwest::Client::new()
+        .post(proxy.url("/v1/messages"))
+        .header("x-api-key", "sk-ant-client-secret")
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("send")
+}
+
+fn messages_requests(mock: &MockUpstream) -> Vec<common::Recorded> {
+    mock.received()
+        .into_iter()
+        .filter(|r| r.path == "/v1/messages")
+        .collect()
 }
 
 fn chat_requests(mock: &MockUpstream) -> Vec<Value> {
@@ -372,5 +460,84 @@ async fn sigterm_stores_samples_still_in_flight() {
     assert_eq!(
         scores["judge"].as_f64().map(|j| (j * 100.0).round()),
         Some(95.0)
+    );
+}
+
+#[tokio::test]
+async fn anthropic_messages_are_shadowed_in_anthropic_format() {
+    let (s, admin_port, proxy) = start_anthropic("original").await;
+    let resp = ask_anthropic(&proxy, "sensitive", false).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-condenser-shadow"], "original");
+    assert_eq!(resp.headers()["x-condenser-compressor"], "off");
+    let answer: Value = resp.json().await.expect("json");
+    assert_eq!(answer["type"], "message", "relayed in Anthropic's shape");
+    assert!(answer["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("1896"));
+    let route = wait_scored(admin_port, 1).await;
+    let legs = messages_requests(&s.mock);
+    assert_eq!(legs.len(), 2, "original and compressed both sent");
+    for leg in &legs {
+        assert_eq!(
+            leg.header("anthropic-version").as_deref(),
+            Some("2023-06-01")
+        );
+        assert_eq!(
+            leg.header("x-api-key").as_deref(),
+            Some("sk-ant-client-secret")
+        );
+        assert_eq!(leg.json()["max_tokens"], 256);
+    }
+    let systems: Vec<usize> = legs
+        .iter()
+        .map(|l| l.json()["system"].as_str().unwrap_or_default().len())
+        .collect();
+    assert_eq!(
+        systems
+            .iter()
+            .filter(|&&n| n == long_document().len())
+            .count(),
+        1
+    );
+    assert!(
+        systems.iter().any(|&n| n < long_document().len() / 2),
+        "{systems:?}"
+    );
+    // The compressed leg said something else: the gates see it.
+    assert_eq!(route["pass_rate"], 0.0, "{route}");
+    assert!(route["worst"][0]["candidate"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("does not say"));
+}
+
+#[tokio::test]
+async fn a_streamed_anthropic_answer_is_read_for_scoring() {
+    let (s, admin_port, proxy) = start_anthropic("compressed").await;
+    let resp = ask_anthropic(&proxy, "stable", true).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-condenser-shadow"], "compressed");
+    let text = resp.text().await.expect("body");
+    assert!(text.contains("event: message_stop"), "{text}");
+    let route = wait_scored(admin_port, 1).await;
+    assert_eq!(route["pass_rate"], 1.0, "{route}");
+    let legs: Vec<Value> = messages_requests(&s.mock)
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(legs.len(), 2);
+    let streamed = legs
+        .iter()
+        .find(|l| l["stream"] == true)
+        .expect("client's leg");
+    let background = legs
+        .iter()
+        .find(|l| l["stream"] == false)
+        .expect("shadow leg");
+    assert!(
+        streamed["system"].as_str().map(str::len) < background["system"].as_str().map(str::len),
+        "the client got the compressed leg, the original went in the background"
     );
 }

@@ -3,20 +3,19 @@
 //! with the `x-condenser-*` accounting headers.
 
 use bytes::Bytes;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::response::{Capture, ResponseMode, Translation};
-use super::shadowing::{estimate_leg_cost, start_shadow};
-use super::upstream::{ExchangeError, Reply};
+use super::sampling::{compressor_for, ClientLeg, Sample, Shadowing};
+use super::shadowing::FrontDoor;
+use super::upstream::{ExchangeError, Reply, Upstream};
 use super::{body, header_str, AppState, RequestLog};
 use crate::compress::{kind_from_name, CompressionOutcome, Pipeline, Tokenizer};
 use crate::config::{CompressorKind, Leg, Rollout};
-use crate::equivalence::Answer;
 use crate::error::ProxyError;
 use crate::openai::ChatRequest;
-use crate::shadow::{LegAnswer, Pending};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// What the client asked for in `x-condenser-compress`.
 fn requested_compressor(
@@ -143,49 +142,25 @@ pub async fn handle(
         client_chose,
     } = prepare(state, session, log).await.map_err(before)?;
     let route = state.router.route(route_index);
-    let sampled = match &state.shadow {
-        Some(shadow) if !client_chose => {
-            let estimate = estimate_leg_cost(shadow, route, &request.model, raw.len());
-            shadow
-                .try_sample(route, estimate)
-                .then_some((shadow, estimate))
-        }
-        _ => None,
-    };
-    let original = sampled.map(|_| request.messages().to_vec());
-    let shadow_compressor = compressor.or(Some(route.compression.compressor));
+    let sample = Sample::take(
+        state,
+        route,
+        &request,
+        raw.len(),
+        client_chose,
+        FrontDoor::ChatCompletions,
+    );
     let mut outcome = compress(
         state,
         request.messages_mut(),
         route_index,
-        if sampled.is_some() {
-            shadow_compressor
-        } else {
-            compressor
-        },
+        compressor_for(sample.as_ref(), compressor, route),
         tokenizer,
         log,
     )
     .await;
-    let mut shadowing = None;
-    if let (Some((shadow, reserved)), Some(original)) = (sampled, original) {
-        match start_shadow(
-            state,
-            shadow,
-            session,
-            route_index,
-            &mut request,
-            original,
-            &mut outcome,
-        ) {
-            Ok(Some(s)) => shadowing = Some((shadow, reserved, s)),
-            Ok(None) => shadow.abandon(&route.name, reserved, Vec::new()),
-            Err(e) => {
-                tracing::warn!(route = %route.name, error = %e, "cannot start a shadow leg");
-                shadow.abandon(&route.name, reserved, Vec::new());
-            }
-        }
-    }
+    let shadowing =
+        sample.and_then(|s| s.start(state, session, route_index, &mut request, &mut outcome));
     let upstream = &state.upstreams[route.upstream];
     let encoded = upstream.provider.encode_chat(&request).map_err(before)?;
     let (path, upstream_body, provider_headers, mode) = match encoded {
@@ -229,10 +204,6 @@ pub async fn handle(
             &provider_headers,
         )
         .map_err(before)?;
-    let mut extra = accounting_headers(&outcome, &route.name, tokenizer, &request.model);
-    if let Some((_, _, s)) = &shadowing {
-        extra.push(("x-condenser-shadow", s.served.as_str().to_string()));
-    }
     tracing::debug!(
         route = %route.name,
         model = %request.model,
@@ -241,55 +212,77 @@ pub async fn handle(
         tokens_after = outcome.tokens_after,
         "forwarding chat completion"
     );
+    let leg = ClientLegRequest {
+        upstream,
+        header,
+        body: upstream_body,
+        mode,
+        extra: accounting_headers(&outcome, &route.name, tokenizer, &request.model),
+    };
+    log.status = forward(
+        state,
+        session,
+        leg,
+        shadowing,
+        &request,
+        &route.name,
+        &outcome,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The client's own leg, encoded by a front door.
+pub(super) struct ClientLegRequest<'a> {
+    pub upstream: &'a Upstream,
+    pub header: RequestHeader,
+    pub body: Bytes,
+    pub mode: ResponseMode,
+    /// The `x-condenser-*` accounting headers.
+    pub extra: Vec<(&'static str, String)>,
+}
+
+/// Sends the client's leg and relays the answer. A shadowed request says which version the client
+/// got, keeps a copy of what it received, and hands its sample to the scorer.
+pub(super) async fn forward(
+    state: &AppState,
+    session: &mut Session,
+    mut leg: ClientLegRequest<'_>,
+    shadowing: Option<Shadowing<'_>>,
+    request: &ChatRequest,
+    route: &str,
+    outcome: &CompressionOutcome,
+) -> Result<u16, ExchangeError> {
+    if let Some(s) = &shadowing {
+        leg.extra
+            .push(("x-condenser-shadow", s.served().as_str().to_string()));
+    }
     let mut capture = shadowing.as_ref().map(|_| Capture::default());
-    let started = Instant::now();
-    let status = upstream
+    let status = leg
+        .upstream
         .exchange(
             &state.connector,
             session,
-            header,
-            upstream_body,
+            leg.header,
+            leg.body,
             Reply {
-                extra: &extra,
-                mode,
+                extra: &leg.extra,
+                mode: leg.mode,
                 capture: capture.as_mut(),
             },
         )
         .await;
-    if let Some((shadow, reserved, s)) = shadowing {
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let answer = match (&status, capture) {
-            (Ok(200..=299), Some(c)) if !c.overflowed => {
-                if request.stream {
-                    Answer::from_stream(&c.bytes)
-                } else {
-                    Answer::from_completion(&c.bytes)
-                }
-            }
-            _ => None,
-        };
-        match answer {
-            Some(answer) => shadow.submit(Pending {
-                route: route.name.clone(),
-                model: request.model.clone(),
-                compressor: outcome.compressor.to_string(),
-                served: s.served,
-                request_text: s.request_text,
-                tokens_original: s.tokens_original,
-                tokens_compressed: s.tokens_compressed,
-                client: LegAnswer { answer, latency_ms },
-                other: s.other,
-                noise: s.noise,
-                reserved_usd: reserved,
-            }),
-            None => {
-                let legs = std::iter::once(s.other).chain(s.noise).collect();
-                shadow.abandon(&route.name, reserved, legs);
-            }
-        }
+    if let Some(shadowing) = shadowing {
+        shadowing.finish(ClientLeg {
+            status: &status,
+            capture,
+            provider: leg.upstream.provider.as_ref(),
+            request,
+            route,
+            compressor: outcome.compressor,
+        });
     }
-    log.status = status?;
-    Ok(())
+    status
 }
 
 pub(super) fn path_and_query(session: &Session) -> String {

@@ -13,6 +13,7 @@ mod messages;
 mod passthrough;
 mod respond;
 mod response;
+mod sampling;
 mod shadowing;
 pub mod upstream;
 

@@ -1,6 +1,7 @@
 //! The proxy's side of shadow A/B: building a request's other version as a background leg (always
 //! non-streaming, through the same provider translation as client requests, on the shadow
-//! runtime's own connection pool), the judge gate's model client, and the admin report.
+//! runtime's own connection pool), the judge gate's model client, and the admin report. A sampled
+//! request's lifecycle around these is in `sampling`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,16 +12,13 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use serde_json::{json, Map, Value};
 
-use super::chat::path_and_query;
 use super::upstream::Upstream;
 use super::AppState;
-use crate::compress::CompressionOutcome;
-use crate::config::{Leg, Rollout, Route};
 use crate::equivalence::{Answer, JudgeClient};
 use crate::error::ProxyError;
 use crate::openai::ChatRequest;
+use crate::providers::anthropic::API_VERSION;
 use crate::shadow::{LegAnswer, LegHandle, Shadow};
-use pingora::proxy::Session;
 
 /// The last user message's text: the judge's view of the request, and its domain.
 pub(super) fn last_user_text(messages: &[Value]) -> String {
@@ -38,10 +36,19 @@ pub(super) fn last_user_text(messages: &[Value]) -> String {
     }
 }
 
-/// The request with `messages` replaced, as a non-streaming request.
-pub(super) fn leg_request(request: &ChatRequest, messages: Vec<Value>) -> ChatRequest {
+/// Which front door a sampled request came through: it decides how its legs are encoded and how
+/// the client's answer is read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FrontDoor {
+    /// `/v1/chat/completions`: translated per upstream, answers in OpenAI's shape.
+    ChatCompletions,
+    /// `/v1/messages`: sent to the Anthropic upstream as it came, answers in Anthropic's shape.
+    AnthropicMessages,
+}
+
+/// The request as a non-streaming leg.
+pub(super) fn leg_request(request: &ChatRequest) -> ChatRequest {
     let mut leg = request.clone();
-    leg.body.insert("messages".into(), Value::Array(messages));
     leg.body.insert("stream".into(), Value::Bool(false));
     leg.body.remove("stream_options");
     leg.stream = false;
@@ -50,13 +57,22 @@ pub(super) fn leg_request(request: &ChatRequest, messages: Vec<Value>) -> ChatRe
 
 type Encoded = (String, Bytes, Vec<(&'static str, String)>, Option<String>);
 
-/// Path, body and provider headers of a chat request for `upstream`, plus the model name when the
-/// answer comes back in a provider's native shape and must be translated.
+/// Path, body and provider headers of a request for `upstream`, plus the model name when the
+/// answer comes back in a provider's native shape and must be translated to OpenAI's.
 fn encode(
     upstream: &Upstream,
     request: &ChatRequest,
     client_path: &str,
+    door: FrontDoor,
 ) -> Result<Encoded, ProxyError> {
+    if door == FrontDoor::AnthropicMessages {
+        return Ok((
+            upstream.upstream_path(client_path),
+            Bytes::from(request.to_bytes()),
+            vec![("anthropic-version", API_VERSION.to_string())],
+            Some(request.model.clone()),
+        ));
+    }
     Ok(match upstream.provider.encode_chat(request)? {
         None => (
             upstream.upstream_path(client_path),
@@ -82,9 +98,10 @@ pub(super) fn spawn_leg(
     client: &RequestHeader,
     client_path: &str,
     leg: &ChatRequest,
+    door: FrontDoor,
 ) -> Result<LegHandle, ProxyError> {
     let upstream = &state.upstreams[upstream_index];
-    let (path, body, provider_headers, native_model) = encode(upstream, leg, client_path)?;
+    let (path, body, provider_headers, native_model) = encode(upstream, leg, client_path, door)?;
     let mut header =
         upstream.request_header(client, &path, body.len(), false, &provider_headers)?;
     // The client may have asked for a stream; this leg is read whole.
@@ -151,8 +168,13 @@ impl JudgeClient for RouteJudge {
             stream: false,
             body,
         };
-        let (path, body, provider_headers, native_model) =
-            encode(&self.upstream, &request, "/v1/chat/completions").map_err(|e| e.to_string())?;
+        let (path, body, provider_headers, native_model) = encode(
+            &self.upstream,
+            &request,
+            "/v1/chat/completions",
+            FrontDoor::ChatCompletions,
+        )
+        .map_err(|e| e.to_string())?;
         let mut client =
             RequestHeader::build("POST", path.as_bytes(), None).map_err(|e| e.to_string())?;
         client
@@ -204,98 +226,4 @@ pub(super) async fn admin_report(
         "stats": &shadow.stats,
     });
     Ok(body.to_string().into_bytes())
-}
-
-/// A sampled request whose background legs are running.
-pub(super) struct Started {
-    pub served: Leg,
-    pub request_text: String,
-    pub tokens_original: u64,
-    pub tokens_compressed: u64,
-    pub other: LegHandle,
-    pub noise: Option<LegHandle>,
-}
-
-/// Output tokens assumed when reserving budget for a leg; the answer's usage replaces it.
-const ESTIMATED_ANSWER_TOKENS: u64 = 512;
-
-/// What shadowing this request may cost: its other leg (and the noise leg), priced from the body
-/// size (about 4 bytes per token) before the exact counts exist.
-pub(super) fn estimate_leg_cost(
-    shadow: &Shadow,
-    route: &Route,
-    model: &str,
-    body_len: usize,
-) -> f64 {
-    let Some(price) = shadow.settings().price(model) else {
-        return 0.0;
-    };
-    let legs = 1.0
-        + f64::from(u8::from(
-            route.shadow.as_ref().is_some_and(|s| s.noise_floor),
-        ));
-    let input = (body_len / 4) as f64;
-    legs * (input * price.input + ESTIMATED_ANSWER_TOKENS as f64 * price.output) / 1e6
-}
-
-/// Starts the legs the client does not get and sets `request` to the leg it does. `Ok(None)`:
-/// compression changed nothing, so there is nothing to compare.
-pub(super) fn start_shadow(
-    state: &Arc<AppState>,
-    shadow: &Shadow,
-    session: &Session,
-    route_index: usize,
-    request: &mut ChatRequest,
-    original: Vec<Value>,
-    outcome: &mut CompressionOutcome,
-) -> Result<Option<Started>, ProxyError> {
-    let route = state.router.route(route_index);
-    let Some(cfg) = &route.shadow else {
-        return Ok(None);
-    };
-    if !outcome.changed {
-        return Ok(None);
-    }
-    let served = match route.compression.rollout {
-        Rollout::Auto { .. } => shadow.serving(&route.name).unwrap_or(Leg::Original),
-        Rollout::Manual => cfg.serve,
-    };
-    let compressed = request.messages().to_vec();
-    let other = match served {
-        Leg::Original => leg_request(request, compressed),
-        Leg::Compressed => leg_request(request, original.clone()),
-    };
-    let noise = cfg
-        .noise_floor
-        .then(|| leg_request(request, original.clone()));
-    let client_path = path_and_query(session);
-    let client = session.req_header();
-    let other = spawn_leg(state, shadow, route.upstream, client, &client_path, &other)?;
-    let noise = match noise {
-        Some(leg) => match spawn_leg(state, shadow, route.upstream, client, &client_path, &leg) {
-            Ok(handle) => Some(handle),
-            Err(e) => {
-                other.abort();
-                return Err(e);
-            }
-        },
-        None => None,
-    };
-    let started = Started {
-        served,
-        request_text: last_user_text(&original),
-        tokens_original: outcome.tokens_before as u64,
-        tokens_compressed: outcome.tokens_after as u64,
-        other,
-        noise,
-    };
-    if served == Leg::Original {
-        request
-            .body
-            .insert("messages".into(), Value::Array(original));
-        outcome.changed = false;
-        outcome.tokens_after = outcome.tokens_before;
-        outcome.compressor = "off";
-    }
-    Ok(Some(started))
 }

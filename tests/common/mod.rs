@@ -302,7 +302,11 @@ async fn anthropic(
         )
             .into_response();
     }
-    if request["stream"].as_bool().unwrap_or(false) {
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    if let Some(text) = scripted_answer(model, &request, &body) {
+        return anthropic_scripted(model, &text, stream);
+    }
+    if stream {
         let name = match (model, tools) {
             ("claude-overloaded", _) => "anthropic/stream_error.sse",
             (_, true) => "anthropic/stream_tool_use.sse",
@@ -316,6 +320,50 @@ async fn anthropic(
         "anthropic/message.json"
     };
     ([("content-type", "application/json")], fixture(name)).into_response()
+}
+
+/// A scripted answer in the Messages API's shape, whole or as its SSE event sequence.
+fn anthropic_scripted(model: &str, text: &str, stream: bool) -> Response {
+    let usage = json!({"input_tokens": 900, "output_tokens": 16});
+    if !stream {
+        let message = json!({"id": "msg_mock1", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+            "stop_sequence": null, "usage": usage});
+        return axum::Json(message).into_response();
+    }
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut events = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock1",
+            "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 900, "output_tokens": 1}}}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+    ];
+    for word in text.split_inclusive(' ') {
+        events.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta",
+            "index": 0, "delta": {"type": "text_delta", "text": word}}),
+        ));
+    }
+    events.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(event("message_delta", json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 16}})));
+    events.push(event("message_stop", json!({"type": "message_stop"})));
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from(events.concat()))
+        .expect("response")
 }
 
 /// Gemini API mock: `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`.

@@ -1,0 +1,274 @@
+//! One sampled request's life on the proxy, shared by both front doors: `Sample::take` decides
+//! before compression (rate, budget), `Sample::start` sends the legs the client does not get and
+//! sets the request to the one it does, and `Shadowing::finish` reads the client's answer from
+//! what it received and hands the sample to the scorer — or abandons it, releasing its budget.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::proxy::Session;
+
+use super::response::Capture;
+use super::shadowing::{last_user_text, leg_request, spawn_leg, FrontDoor};
+use super::upstream::ExchangeError;
+use super::AppState;
+use crate::compress::CompressionOutcome;
+use crate::config::{CompressorKind, Leg, Rollout, Route};
+use crate::equivalence::Answer;
+use crate::error::ProxyError;
+use crate::openai::ChatRequest;
+use crate::providers::Provider;
+use crate::shadow::{LegAnswer, LegHandle, Pending, Shadow};
+
+/// Output tokens assumed when reserving budget for a leg; the answer's usage replaces it.
+const ESTIMATED_ANSWER_TOKENS: u64 = 512;
+
+/// What shadowing this request may cost: its other leg (and the noise leg), priced from the body
+/// size (about 4 bytes per token) before the exact counts exist.
+fn estimate_leg_cost(shadow: &Shadow, route: &Route, model: &str, body_len: usize) -> f64 {
+    let Some(price) = shadow.settings().price(model) else {
+        return 0.0;
+    };
+    let legs = 1.0
+        + f64::from(u8::from(
+            route.shadow.as_ref().is_some_and(|s| s.noise_floor),
+        ));
+    let input = (body_len / 4) as f64;
+    legs * (input * price.input + ESTIMATED_ANSWER_TOKENS as f64 * price.output) / 1e6
+}
+
+/// A request chosen for shadowing, with its budget reserved, before compression.
+pub(super) struct Sample<'a> {
+    shadow: &'a Shadow,
+    reserved_usd: f64,
+    /// The request as the client sent it.
+    original: ChatRequest,
+    door: FrontDoor,
+}
+
+impl<'a> Sample<'a> {
+    /// Whether this request is sampled. A client that chose compression itself
+    /// (`x-condenser-compress`) is never shadowed.
+    pub fn take(
+        state: &'a AppState,
+        route: &Route,
+        request: &ChatRequest,
+        body_len: usize,
+        client_chose: bool,
+        door: FrontDoor,
+    ) -> Option<Self> {
+        let shadow = state.shadow.as_deref().filter(|_| !client_chose)?;
+        let estimate = estimate_leg_cost(shadow, route, &request.model, body_len);
+        shadow.try_sample(route, estimate).then(|| Self {
+            shadow,
+            reserved_usd: estimate,
+            original: request.clone(),
+            door,
+        })
+    }
+
+    /// Starts the legs the client does not get and sets `request` (which arrives compressed) to
+    /// the leg it does. `None`: nothing to compare (compression changed nothing, the route is not
+    /// shadowed) or the legs could not start — logged; the sample is abandoned, never the client's
+    /// request.
+    pub fn start(
+        self,
+        state: &Arc<AppState>,
+        session: &Session,
+        route_index: usize,
+        request: &mut ChatRequest,
+        outcome: &mut CompressionOutcome,
+    ) -> Option<Shadowing<'a>> {
+        let (shadow, reserved_usd, door) = (self.shadow, self.reserved_usd, self.door);
+        let route = &state.router.route(route_index).name;
+        match self.spawn_legs(state, session, route_index, request, outcome) {
+            Ok(Some(legs)) => Some(Shadowing {
+                shadow,
+                reserved_usd,
+                door,
+                legs,
+                started_at: Instant::now(),
+            }),
+            Ok(None) => {
+                shadow.abandon(route, reserved_usd, Vec::new());
+                None
+            }
+            Err(e) => {
+                tracing::warn!(route = %route, error = %e, "cannot start a shadow leg");
+                shadow.abandon(route, reserved_usd, Vec::new());
+                None
+            }
+        }
+    }
+
+    fn spawn_legs(
+        self,
+        state: &Arc<AppState>,
+        session: &Session,
+        route_index: usize,
+        request: &mut ChatRequest,
+        outcome: &mut CompressionOutcome,
+    ) -> Result<Option<Legs>, ProxyError> {
+        let route = state.router.route(route_index);
+        let Some(cfg) = &route.shadow else {
+            return Ok(None);
+        };
+        if !outcome.changed {
+            return Ok(None);
+        }
+        let served = match route.compression.rollout {
+            Rollout::Auto { .. } => self.shadow.serving(&route.name).unwrap_or(Leg::Original),
+            Rollout::Manual => cfg.serve,
+        };
+        let other = match served {
+            Leg::Original => leg_request(request),
+            Leg::Compressed => leg_request(&self.original),
+        };
+        let noise = cfg.noise_floor.then(|| leg_request(&self.original));
+        let client_path = super::chat::path_and_query(session);
+        let spawn = |leg: &ChatRequest| {
+            spawn_leg(
+                state,
+                self.shadow,
+                route.upstream,
+                session.req_header(),
+                &client_path,
+                leg,
+                self.door,
+            )
+        };
+        let other = spawn(&other)?;
+        let noise = match noise.as_ref().map(spawn).transpose() {
+            Ok(handle) => handle,
+            Err(e) => {
+                other.abort();
+                return Err(e);
+            }
+        };
+        let legs = Legs {
+            served,
+            request_text: last_user_text(self.original.messages()),
+            tokens_original: outcome.tokens_before as u64,
+            tokens_compressed: outcome.tokens_after as u64,
+            other,
+            noise,
+        };
+        if served == Leg::Original {
+            *request = self.original;
+            outcome.changed = false;
+            outcome.tokens_after = outcome.tokens_before;
+            outcome.compressor = "off";
+        }
+        Ok(Some(legs))
+    }
+}
+
+/// A sampled request is compressed even on a route that serves the original: the comparison
+/// needs the compressed version.
+pub(super) fn compressor_for(
+    sample: Option<&Sample>,
+    requested: Option<CompressorKind>,
+    route: &Route,
+) -> Option<CompressorKind> {
+    match sample {
+        Some(_) => requested.or(Some(route.compression.compressor)),
+        None => requested,
+    }
+}
+
+/// The background legs of a sampled request, and what the scorer needs to know of it.
+struct Legs {
+    served: Leg,
+    request_text: String,
+    tokens_original: u64,
+    tokens_compressed: u64,
+    other: LegHandle,
+    noise: Option<LegHandle>,
+}
+
+/// A sampled request whose background legs are running while the client's leg is relayed.
+pub(super) struct Shadowing<'a> {
+    shadow: &'a Shadow,
+    reserved_usd: f64,
+    door: FrontDoor,
+    legs: Legs,
+    /// The client's leg is timed from when the background legs started.
+    started_at: Instant,
+}
+
+/// The client's leg as it ended.
+pub(super) struct ClientLeg<'r> {
+    pub status: &'r Result<u16, ExchangeError>,
+    pub capture: Option<Capture>,
+    pub provider: &'r dyn Provider,
+    pub request: &'r ChatRequest,
+    pub route: &'r str,
+    pub compressor: &'static str,
+}
+
+impl Shadowing<'_> {
+    /// Which version the client gets (`x-condenser-shadow`).
+    pub fn served(&self) -> Leg {
+        self.legs.served
+    }
+
+    /// Hands the sample to the scorer, or abandons it (legs aborted, budget released) when the
+    /// client's answer cannot be read.
+    pub fn finish(self, client: ClientLeg) {
+        let latency_ms = self.started_at.elapsed().as_secs_f64() * 1000.0;
+        let answer = match (client.status, &client.capture) {
+            (Ok(200..=299), Some(c)) if !c.overflowed => client_answer(
+                self.door,
+                client.provider,
+                &client.request.model,
+                client.request.stream,
+                &c.bytes,
+            ),
+            _ => None,
+        };
+        let Some(answer) = answer else {
+            let legs = std::iter::once(self.legs.other)
+                .chain(self.legs.noise)
+                .collect();
+            self.shadow.abandon(client.route, self.reserved_usd, legs);
+            return;
+        };
+        self.shadow.submit(Pending {
+            route: client.route.to_string(),
+            model: client.request.model.clone(),
+            compressor: client.compressor.to_string(),
+            served: self.legs.served,
+            request_text: self.legs.request_text,
+            tokens_original: self.legs.tokens_original,
+            tokens_compressed: self.legs.tokens_compressed,
+            client: LegAnswer { answer, latency_ms },
+            other: self.legs.other,
+            noise: self.legs.noise,
+            reserved_usd: self.reserved_usd,
+        });
+    }
+}
+
+/// The answer the client received, in the equivalence gates' terms; `None` when it cannot be
+/// read (an error, a truncated stream).
+fn client_answer(
+    door: FrontDoor,
+    provider: &dyn Provider,
+    model: &str,
+    stream: bool,
+    body: &[u8],
+) -> Option<Answer> {
+    match (door, stream) {
+        (FrontDoor::ChatCompletions, false) => Answer::from_completion(body),
+        (FrontDoor::ChatCompletions, true) => Answer::from_stream(body),
+        (FrontDoor::AnthropicMessages, false) => {
+            Answer::from_completion(&provider.decode_chat(body, model).ok()?)
+        }
+        (FrontDoor::AnthropicMessages, true) => {
+            let mut transcoder = provider.stream_transcoder(model, true);
+            let mut chunks = transcoder.feed(body);
+            chunks.extend(transcoder.finish());
+            Answer::from_stream(&chunks)
+        }
+    }
+}
