@@ -541,3 +541,24 @@ async fn a_streamed_anthropic_answer_is_read_for_scoring() {
         "the client got the compressed leg, the original went in the background"
     );
 }
+
+#[tokio::test]
+async fn the_judge_call_is_priced_into_the_shadowing_spend() {
+    let s = Setup::new().await;
+    let admin_port = s.admin_port();
+    // Only the judge has a price, so all this route spends is its judge call: the mock reports
+    // 10 prompt and 2 completion tokens, i.e. (10 × 1000 + 2 × 10000) / 1e6 = $0.03.
+    let proxy = Condenser::start(&s.config(
+        admin_port,
+        "",
+        "sample_rate = 1.0",
+        "[shadow.prices]\njudge = { input = 1000.0, output = 10000.0 }",
+    ));
+    assert_eq!(
+        ask(&proxy, &question("stable", false), "k").await.status(),
+        200
+    );
+    let route = wait_scored(admin_port, 1).await;
+    let spent = route["usd_spent_shadowing"].as_f64().expect("spend");
+    assert!((spent - 0.03).abs() < 1e-9, "{route}");
+}

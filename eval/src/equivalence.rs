@@ -78,13 +78,18 @@ pub struct TaskModelJudge(pub Arc<TaskModel>);
 
 #[async_trait]
 impl JudgeClient for TaskModelJudge {
-    async fn ask(&self, system: &str, user: &str) -> Result<String, String> {
+    async fn ask(&self, system: &str, user: &str) -> Result<Answer, String> {
         let model = self.0.clone();
         let (system, user) = (system.to_string(), user.to_string());
         tokio::task::spawn_blocking(move || model.answer(&system, &user, 160))
             .await
             .map_err(|e| e.to_string())?
-            .map(|a| a.text)
+            .map(|a| Answer {
+                text: a.text,
+                prompt_tokens: a.prompt_tokens as u64,
+                completion_tokens: a.completion_tokens as u64,
+                ..Answer::default()
+            })
             .map_err(|e| format!("{e:#}"))
     }
 }
@@ -247,8 +252,11 @@ mod tests {
 
     #[async_trait]
     impl JudgeClient for Chatty {
-        async fn ask(&self, _: &str, _: &str) -> Result<String, String> {
-            Ok("Both answers look the same to me.".into())
+        async fn ask(&self, _: &str, _: &str) -> Result<Answer, String> {
+            Ok(Answer {
+                text: "Both answers look the same to me.".into(),
+                ..Answer::default()
+            })
         }
     }
 

@@ -45,6 +45,10 @@ pub struct GateScores {
     pub missing_facts: Vec<String>,
     /// Set when either answer called tools: same function names and argument JSON, in order.
     pub tools_match: Option<bool>,
+    /// The judge call's prompt and completion tokens, as its upstream reported them: the shadow
+    /// scorer prices them against the route's daily cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_tokens: Option<(u64, u64)>,
 }
 
 /// Names of the gates that failed.
@@ -69,10 +73,11 @@ pub fn passed(scores: &GateScores, t: &Thresholds) -> bool {
     failed_gates(scores, t).is_empty()
 }
 
-/// The model behind the judge gate: a configured route in the proxy, a task model offline.
+/// The model behind the judge gate: a configured route in the proxy, a task model offline. The
+/// reply is an [`Answer`] so its usage can be priced.
 #[async_trait]
 pub trait JudgeClient: Send + Sync {
-    async fn ask(&self, system: &str, user: &str) -> Result<String, String>;
+    async fn ask(&self, system: &str, user: &str) -> Result<Answer, String>;
 }
 
 pub struct Scorer {
@@ -108,8 +113,12 @@ impl Scorer {
         }
         if let Some(judge) = &self.judge {
             let user = judge::judge_user_prompt(request, a, b);
-            match judge.ask(judge::JUDGE_SYSTEM_PROMPT, &user).await {
-                Ok(reply) => match judge::parse_verdict(&reply) {
+            let reply = judge.ask(judge::JUDGE_SYSTEM_PROMPT, &user).await;
+            if let Ok(reply) = &reply {
+                scores.judge_tokens = Some((reply.prompt_tokens, reply.completion_tokens));
+            }
+            match reply {
+                Ok(reply) => match judge::parse_verdict(&reply.text) {
                     Ok(v) => {
                         // A "different" verdict fails whatever score came with it.
                         scores.judge = Some(if v.equivalent {
@@ -136,8 +145,13 @@ mod tests {
 
     #[async_trait]
     impl JudgeClient for Canned {
-        async fn ask(&self, _: &str, _: &str) -> Result<String, String> {
-            Ok(self.0.to_string())
+        async fn ask(&self, _: &str, _: &str) -> Result<Answer, String> {
+            Ok(Answer {
+                text: self.0.to_string(),
+                prompt_tokens: 120,
+                completion_tokens: 20,
+                ..Answer::default()
+            })
         }
     }
 
@@ -164,6 +178,11 @@ mod tests {
             .await;
         assert_eq!(scores.facts, Some(1.0));
         assert!(scores.judge_error.is_some());
+        assert_eq!(
+            scores.judge_tokens,
+            Some((120, 20)),
+            "an unreadable reply is still paid for"
+        );
         assert_eq!(failed_gates(&scores, &s.thresholds), vec!["judge"]);
     }
 

@@ -13,7 +13,7 @@ use super::shadowing::{last_user_text, leg_request, spawn_leg, FrontDoor};
 use super::upstream::ExchangeError;
 use super::AppState;
 use crate::compress::CompressionOutcome;
-use crate::config::{CompressorKind, Leg, Rollout, Route};
+use crate::config::{CompressorKind, Leg, RawPrice, Rollout, Route};
 use crate::equivalence::Answer;
 use crate::error::ProxyError;
 use crate::openai::ChatRequest;
@@ -22,19 +22,35 @@ use crate::shadow::{LegAnswer, LegHandle, Pending, Shadow};
 
 /// Output tokens assumed when reserving budget for a leg; the answer's usage replaces it.
 const ESTIMATED_ANSWER_TOKENS: u64 = 512;
+/// The judge's rubric and reply, assumed likewise for its call.
+const JUDGE_RUBRIC_TOKENS: u64 = 150;
+const JUDGE_REPLY_TOKENS: u64 = 100;
 
-/// What shadowing this request may cost: its other leg (and the noise leg), priced from the body
-/// size (about 4 bytes per token) before the exact counts exist.
-fn estimate_leg_cost(shadow: &Shadow, route: &Route, model: &str, body_len: usize) -> f64 {
-    let Some(price) = shadow.settings().price(model) else {
-        return 0.0;
-    };
-    let legs = 1.0
+/// What shadowing this request may cost, before the exact counts exist: per compared pair (one,
+/// two with the noise floor) a background leg priced from the body size (about 4 bytes per
+/// token) and a judge call priced from the request's last user text and two answers.
+fn estimate_cost(shadow: &Shadow, route: &Route, request: &ChatRequest, body_len: usize) -> f64 {
+    let settings = shadow.settings();
+    let pairs = 1.0
         + f64::from(u8::from(
             route.shadow.as_ref().is_some_and(|s| s.noise_floor),
         ));
-    let input = (body_len / 4) as f64;
-    legs * (input * price.input + ESTIMATED_ANSWER_TOKENS as f64 * price.output) / 1e6
+    let tokens = |input: u64, output: u64, price: RawPrice| {
+        (input as f64 * price.input + output as f64 * price.output) / 1e6
+    };
+    let leg = settings.price(&request.model).map_or(0.0, |p| {
+        tokens((body_len / 4) as u64, ESTIMATED_ANSWER_TOKENS, p)
+    });
+    let judge = settings
+        .judge_model
+        .as_deref()
+        .and_then(|model| settings.price(model))
+        .map_or(0.0, |p| {
+            let request_tokens = (last_user_text(request.messages()).len() / 4) as u64;
+            let prompt = JUDGE_RUBRIC_TOKENS + request_tokens + 2 * ESTIMATED_ANSWER_TOKENS;
+            tokens(prompt, JUDGE_REPLY_TOKENS, p)
+        });
+    pairs * (leg + judge)
 }
 
 /// A request chosen for shadowing, with its budget reserved, before compression.
@@ -58,7 +74,7 @@ impl<'a> Sample<'a> {
         door: FrontDoor,
     ) -> Option<Self> {
         let shadow = state.shadow.as_deref().filter(|_| !client_chose)?;
-        let estimate = estimate_leg_cost(shadow, route, &request.model, body_len);
+        let estimate = estimate_cost(shadow, route, request, body_len);
         shadow.try_sample(route, estimate).then(|| Self {
             shadow,
             reserved_usd: estimate,

@@ -151,7 +151,7 @@ impl RouteJudge {
 
 #[async_trait]
 impl JudgeClient for RouteJudge {
-    async fn ask(&self, system: &str, user: &str) -> Result<String, String> {
+    async fn ask(&self, system: &str, user: &str) -> Result<Answer, String> {
         // Built as a value, not serialised and parsed back.
         let mut body = Map::new();
         body.insert("model".into(), json!(self.model));
@@ -193,7 +193,6 @@ impl JudgeClient for RouteJudge {
             return Err(format!("judge answered {status}"));
         }
         Answer::from_completion(&answer)
-            .map(|a| a.text)
             .ok_or_else(|| "judge's answer is not a chat completion".to_string())
     }
 }

@@ -229,6 +229,18 @@ impl Shadow {
         self.release(route, reserved_usd, 0.0);
     }
 
+    /// Adds spend that was never reserved (scoring samples a previous process stored).
+    fn charge(&self, route: &str, usd: f64) {
+        if let Ok(mut spend) = self.spend.lock() {
+            let today = now_ms() / DAY_MS;
+            let entry = spend.entry(route.to_string()).or_insert((today, 0.0));
+            if entry.0 != today {
+                *entry = (today, 0.0);
+            }
+            entry.1 += usd;
+        }
+    }
+
     fn release(&self, route: &str, reserved: f64, actual: f64) {
         if let Ok(mut spend) = self.spend.lock() {
             if let Some(entry) = spend.get_mut(route) {

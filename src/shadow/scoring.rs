@@ -40,7 +40,9 @@ impl Shadow {
         if self.settings.store_content {
             if let Ok(unscored) = self.with_store(|s| s.unscored()).await {
                 for sample in unscored {
-                    self.score_and_record(&scorer, sample).await;
+                    let route = sample.route.clone();
+                    let judge_cost = self.score_and_record(&scorer, sample).await;
+                    self.charge(&route, judge_cost);
                 }
             }
         }
@@ -158,12 +160,13 @@ impl Shadow {
                 }
             }
             let scores = scorer.score(&p.request_text, &reference, &candidate).await;
-            self.record_scores(sample.id, &scores, scorer).await;
+            spent += self.record_scores(sample.id, &scores, scorer).await;
         }
         spent
     }
 
-    async fn score_and_record(&self, scorer: &Scorer, sample: Sample) {
+    /// Scores a sample stored earlier; returns what its judge call cost.
+    async fn score_and_record(&self, scorer: &Scorer, sample: Sample) -> f64 {
         let text = |t: &str| Answer {
             text: t.to_string(),
             ..Answer::default()
@@ -175,16 +178,24 @@ impl Shadow {
                 &text(&sample.candidate),
             )
             .await;
-        self.record_scores(sample.id, &scores, scorer).await;
+        self.record_scores(sample.id, &scores, scorer).await
     }
 
+    /// Stores a sample's scores and returns what its judge call cost (priced as `judge_model`;
+    /// nothing without a price), which the sample's shadowing cost includes.
     async fn record_scores(
         &self,
         id: Option<i64>,
         scores: &crate::equivalence::GateScores,
         scorer: &Scorer,
-    ) {
-        let Some(id) = id else { return };
+    ) -> f64 {
+        let judge_cost = match (scores.judge_tokens, &self.settings.judge_model) {
+            (Some((prompt, completion)), Some(model)) => {
+                cost(self.settings.price(model), prompt, completion)
+            }
+            _ => 0.0,
+        };
+        let Some(id) = id else { return 0.0 };
         let failed: Vec<String> = failed_gates(scores, &scorer.thresholds)
             .into_iter()
             .map(str::to_string)
@@ -192,7 +203,7 @@ impl Shadow {
         let passed = failed.is_empty();
         let scores = scores.clone();
         match self
-            .with_store(move |s| s.set_scores(id, &scores, passed, &failed))
+            .with_store(move |s| s.set_scores(id, &scores, passed, &failed, judge_cost))
             .await
         {
             Ok(()) => {
@@ -200,6 +211,7 @@ impl Shadow {
             }
             Err(e) => tracing::error!(error = %e, "cannot store shadow scores"),
         }
+        judge_cost
     }
 
     async fn revisit_rollout(&self, route: &str, min_samples: usize, min_pass_rate: f64) {

@@ -85,12 +85,15 @@ pub struct RouteState {
 
 pub trait ShadowStore: Send {
     fn insert(&mut self, sample: &Sample) -> Result<i64, StoreError>;
+    /// Records a sample's scores; `judge_cost_usd` (what scoring it cost) is added to its
+    /// shadowing cost.
     fn set_scores(
         &mut self,
         id: i64,
         scores: &GateScores,
         passed: bool,
         failed_gates: &[String],
+        judge_cost_usd: f64,
     ) -> Result<(), StoreError>;
     /// Samples stored but not scored yet (e.g. the process stopped first).
     fn unscored(&mut self) -> Result<Vec<Sample>, StoreError>;
@@ -261,11 +264,13 @@ impl ShadowStore for SqliteStore {
         scores: &GateScores,
         passed: bool,
         failed_gates: &[String],
+        judge_cost_usd: f64,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(scores).map_err(|e| StoreError(e.to_string()))?;
         self.conn.execute(
-            "UPDATE samples SET scores = ?1, passed = ?2, failed_gates = ?3 WHERE id = ?4",
-            params![json, passed, failed_gates.join(","), id],
+            "UPDATE samples SET scores = ?1, passed = ?2, failed_gates = ?3, \
+             shadow_cost_usd = shadow_cost_usd + ?5 WHERE id = ?4",
+            params![json, passed, failed_gates.join(","), id, judge_cost_usd],
         )?;
         Ok(())
     }
