@@ -148,6 +148,7 @@ pub async fn handle(
         &request,
         raw.len(),
         client_chose,
+        compressor,
         FrontDoor::ChatCompletions,
     );
     let mut outcome = compress(

@@ -53,6 +53,7 @@ pub async fn handle(
         &request,
         raw.len(),
         client_chose,
+        compressor,
         FrontDoor::AnthropicMessages,
     );
     let mut view = CompressionView::of(&request.body);

@@ -60,6 +60,9 @@ pub(super) struct Sample<'a> {
     /// The request as the client sent it.
     original: ChatRequest,
     door: FrontDoor,
+    /// Unsampled, the request would have been compressed; otherwise a sample that cannot start
+    /// goes upstream as the client sent it.
+    compresses_unsampled: bool,
 }
 
 impl<'a> Sample<'a> {
@@ -71,6 +74,7 @@ impl<'a> Sample<'a> {
         request: &ChatRequest,
         body_len: usize,
         client_chose: bool,
+        requested: Option<CompressorKind>,
         door: FrontDoor,
     ) -> Option<Self> {
         let shadow = state.shadow.as_deref().filter(|_| !client_chose)?;
@@ -80,13 +84,14 @@ impl<'a> Sample<'a> {
             reserved_usd: estimate,
             original: request.clone(),
             door,
+            compresses_unsampled: requested.is_some(),
         })
     }
 
     /// Starts the legs the client does not get and sets `request` (which arrives compressed) to
-    /// the leg it does. `None`: nothing to compare (compression changed nothing, the route is not
-    /// shadowed) or the legs could not start — logged; the sample is abandoned, never the client's
-    /// request.
+    /// the leg it does. `None`: nothing to compare (compression changed nothing) or the legs could
+    /// not start (logged); the sample is abandoned, never the client's request, which then goes as
+    /// it would have unsampled.
     pub fn start(
         self,
         state: &Arc<AppState>,
@@ -95,35 +100,41 @@ impl<'a> Sample<'a> {
         request: &mut ChatRequest,
         outcome: &mut CompressionOutcome,
     ) -> Option<Shadowing<'a>> {
-        let (shadow, reserved_usd, door) = (self.shadow, self.reserved_usd, self.door);
         let route = &state.router.route(route_index).name;
-        match self.spawn_legs(state, session, route_index, request, outcome) {
-            Ok(Some(legs)) => Some(Shadowing {
-                shadow,
-                reserved_usd,
-                door,
-                legs,
-                started_at: Instant::now(),
-            }),
-            Ok(None) => {
-                shadow.abandon(route, reserved_usd, Vec::new());
-                None
-            }
+        let legs = match self.spawn_legs(state, session, route_index, request, outcome) {
+            Ok(legs) => legs,
             Err(e) => {
                 tracing::warn!(route = %route, error = %e, "cannot start a shadow leg");
-                shadow.abandon(route, reserved_usd, Vec::new());
                 None
             }
+        };
+        let Some(legs) = legs else {
+            self.shadow.abandon(route, self.reserved_usd, Vec::new());
+            if !self.compresses_unsampled {
+                restore(self.original, request, outcome);
+            }
+            return None;
+        };
+        if legs.served == Leg::Original {
+            restore(self.original, request, outcome);
         }
+        Some(Shadowing {
+            shadow: self.shadow,
+            reserved_usd: self.reserved_usd,
+            door: self.door,
+            legs,
+            started_at: Instant::now(),
+        })
     }
 
+    /// Spawns the legs the client does not get; `Ok(None)`: nothing to compare.
     fn spawn_legs(
-        self,
+        &self,
         state: &Arc<AppState>,
         session: &Session,
         route_index: usize,
-        request: &mut ChatRequest,
-        outcome: &mut CompressionOutcome,
+        request: &ChatRequest,
+        outcome: &CompressionOutcome,
     ) -> Result<Option<Legs>, ProxyError> {
         let route = state.router.route(route_index);
         let Some(cfg) = &route.shadow else {
@@ -161,22 +172,23 @@ impl<'a> Sample<'a> {
                 return Err(e);
             }
         };
-        let legs = Legs {
+        Ok(Some(Legs {
             served,
             request_text: last_user_text(self.original.messages()),
             tokens_original: outcome.tokens_before as u64,
             tokens_compressed: outcome.tokens_after as u64,
             other,
             noise,
-        };
-        if served == Leg::Original {
-            *request = self.original;
-            outcome.changed = false;
-            outcome.tokens_after = outcome.tokens_before;
-            outcome.compressor = "off";
-        }
-        Ok(Some(legs))
+        }))
     }
+}
+
+/// Puts the client's own request back, uncompressed.
+fn restore(original: ChatRequest, request: &mut ChatRequest, outcome: &mut CompressionOutcome) {
+    *request = original;
+    outcome.changed = false;
+    outcome.tokens_after = outcome.tokens_before;
+    outcome.compressor = "off";
 }
 
 /// A sampled request is compressed even on a route that serves the original: the comparison
