@@ -82,6 +82,7 @@ fn errors_name_the_key() {
             shipped() + "\n[shadow]\nthresholds = { facts = 1.5 }\n",
             "shadow.thresholds.facts",
         ),
+        (shipped() + "\n[shadow]\nscorers = 0\n", "shadow.scorers"),
     ];
     for (config, key) in cases {
         let out = check(&config, &[]);

@@ -562,3 +562,21 @@ async fn the_judge_call_is_priced_into_the_shadowing_spend() {
     let spent = route["usd_spent_shadowing"].as_f64().expect("spend");
     assert!((spent - 0.03).abs() < 1e-9, "{route}");
 }
+
+#[tokio::test]
+async fn samples_are_scored_concurrently() {
+    let s = Setup::new().await;
+    let admin_port = s.admin_port();
+    // This judge answers only when two of its calls are in flight at once (else it fails after
+    // 5 s): both samples pass only if the second is scored while the first waits for its judge.
+    let config = s
+        .config(admin_port, "", "sample_rate = 1.0", "scorers = 2")
+        .replace("judge_model = \"judge\"", "judge_model = \"pairjudge\"");
+    let proxy = Condenser::start(&config);
+    for _ in 0..2 {
+        let resp = ask(&proxy, &question("stable", false), "k").await;
+        assert_eq!(resp.status(), 200);
+    }
+    let route = wait_scored(admin_port, 2).await;
+    assert_eq!(route["pass_rate"], 1.0, "{route}");
+}

@@ -21,6 +21,9 @@ pub struct RawShadow {
     /// Samples waiting for their background legs or the scorer; more are dropped and counted.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// Samples scored at once: their legs are awaited and their judge calls made concurrently.
+    #[serde(default = "default_scorers")]
+    pub scorers: usize,
     /// Directory of all-MiniLM-L6-v2 (`scripts/fetch-embedder`); absent: no embedding gate.
     pub embedding_model: Option<String>,
     /// Model the judge gate asks, routed like a client request; absent: no judge gate.
@@ -106,12 +109,16 @@ fn default_true() -> bool {
 fn default_queue() -> usize {
     256
 }
+fn default_scorers() -> usize {
+    8
+}
 
 #[derive(Debug, Clone)]
 pub struct ShadowSettings {
     pub store: PathBuf,
     pub store_content: bool,
     pub queue: usize,
+    pub scorers: usize,
     pub embedding_model: Option<PathBuf>,
     pub judge_model: Option<String>,
     pub thresholds: Thresholds,
@@ -155,6 +162,9 @@ pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
     if raw.queue == 0 {
         return Err(ConfigError::invalid("shadow.queue", "must be > 0"));
     }
+    if raw.scorers == 0 {
+        return Err(ConfigError::invalid("shadow.scorers", "must be > 0"));
+    }
     let t = &raw.thresholds;
     for (name, value) in [
         ("embedding", t.embedding),
@@ -180,6 +190,7 @@ pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
         store: raw.store.clone().into(),
         store_content: raw.store_content,
         queue: raw.queue,
+        scorers: raw.scorers,
         embedding_model: raw.embedding_model.clone().map(PathBuf::from),
         judge_model: raw.judge_model.clone(),
         thresholds: Thresholds {

@@ -1,12 +1,14 @@
-//! The shadow scorer: one task on the shadow runtime that awaits each sample's background legs,
-//! stores the pair, scores it with the equivalence gates and, on `rollout = "auto"` routes,
-//! revisits what the route serves. Store access goes through the blocking pool.
+//! The shadow scorer: a task on the shadow runtime that takes samples off the queue and, up to
+//! `[shadow] scorers` at once, awaits each sample's background legs, stores the pair, scores it
+//! with the equivalence gates and, on `rollout = "auto"` routes, revisits what the route serves
+//! (one decision at a time). Store access goes through the blocking pool.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 
 use super::store::{self, RouteState, Sample, SampleKind, ShadowStore};
 use super::{domain_of, now_ms, rollout, LegAnswer, Pending, Shadow};
@@ -46,20 +48,41 @@ impl Shadow {
                 }
             }
         }
+        // Up to `scorers` samples at once: a slow leg or judge call does not hold up the samples
+        // queued behind it. When every slot is busy the queue fills and the proxy drops (and
+        // counts) new samples — never a client's request.
+        let scorer = Arc::new(scorer);
+        let rollouts = Arc::new(rollouts);
+        // Rollout decisions are read-decide-write on the store: one at a time.
+        let deciding = Arc::new(tokio::sync::Mutex::new(()));
+        let slots = Arc::new(Semaphore::new(self.settings.scorers));
+        let mut running = JoinSet::new();
         while let Some(pending) = jobs.recv().await {
-            let route = pending.route.clone();
-            let reserved = pending.reserved_usd;
-            let actual = self.complete(&scorer, pending).await;
-            if let Some(Rollout::Auto {
-                min_samples,
-                min_pass_rate,
-            }) = rollouts.get(&route)
-            {
-                self.revisit_rollout(&route, *min_samples, *min_pass_rate)
-                    .await;
-            }
-            self.release(&route, reserved, actual);
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let (this, scorer) = (self.clone(), scorer.clone());
+            let (rollouts, deciding) = (rollouts.clone(), deciding.clone());
+            running.spawn(async move {
+                let route = pending.route.clone();
+                let reserved = pending.reserved_usd;
+                let actual = this.complete(&scorer, pending).await;
+                if let Some(Rollout::Auto {
+                    min_samples,
+                    min_pass_rate,
+                }) = rollouts.get(&route)
+                {
+                    let _one_at_a_time = deciding.lock().await;
+                    this.revisit_rollout(&route, *min_samples, *min_pass_rate)
+                        .await;
+                }
+                this.release(&route, reserved, actual);
+                drop(slot);
+            });
+            // Reap finished samples so the set does not grow with the traffic.
+            while running.try_join_next().is_some() {}
         }
+        while running.join_next().await.is_some() {}
     }
 
     /// Awaits the background legs, stores the pairs and scores them; returns the shadowing cost.

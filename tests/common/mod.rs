@@ -42,6 +42,17 @@ pub struct MockState {
     pub received: Arc<Mutex<Vec<Recorded>>>,
     /// `model: "gated"` streams its first event, then waits for this before the rest.
     pub gate: Arc<Notify>,
+    /// `model: "pairjudge"` answers only once two of its calls are in flight together.
+    pub judge_pair: JudgePair,
+}
+
+#[derive(Clone)]
+pub struct JudgePair(Arc<tokio::sync::Barrier>);
+
+impl Default for JudgePair {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Barrier::new(2)))
+    }
 }
 
 pub struct MockUpstream {
@@ -125,7 +136,8 @@ fn chunk(model: &str, delta: Value, finish: Option<&str>) -> String {
 /// - `stable` / `slowleg` answer the same whatever the context;
 /// - `sensitive` answers correctly only when the whole document arrived (all 40 sections of
 ///   [`long_document`] repeat one sentence), so a compressed leg answers differently;
-/// - `judge` plays the LLM judge: equivalent when answers A and B are identical.
+/// - `judge` plays the LLM judge: equivalent when answers A and B are identical; `pairjudge`
+///   too, once two of its calls are in flight together.
 fn scripted_answer(model: &str, request: &Value, body: &[u8]) -> Option<String> {
     const RIGHT: &str = "The lamp was first lit on 14 March 1896 by Marguerite Okonkwo.";
     match model {
@@ -138,7 +150,7 @@ fn scripted_answer(model: &str, request: &Value, body: &[u8]) -> Option<String> 
                 "The document does not say when the lamp was first lit.".into()
             })
         }
-        "judge" => {
+        "judge" | "pairjudge" => {
             let prompt = request["messages"][1]["content"]
                 .as_str()
                 .unwrap_or_default();
@@ -182,6 +194,13 @@ async fn chat(
             return (StatusCode::TOO_MANY_REQUESTS, axum::Json(err)).into_response();
         }
         "slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+        "pairjudge" => {
+            let paired = tokio::time::timeout(Duration::from_secs(5), state.judge_pair.0.wait());
+            if paired.await.is_err() {
+                let err = json!({"error": {"message": "no second judge call arrived", "type": "server_error"}});
+                return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(err)).into_response();
+            }
+        }
         _ => {}
     }
     if model == "slowleg" && !stream {
