@@ -298,7 +298,8 @@ fn transcript(bytes: Vec<u8>, cut: bool) -> Response {
         .expect("response")
 }
 
-/// Anthropic Messages API mock: answers from the recorded fixtures.
+/// Anthropic Messages API mock: the shadow tests' scripted answers for their models, otherwise the
+/// recorded fixtures.
 async fn anthropic(
     State(state): State<MockState>,
     uri: Uri,
