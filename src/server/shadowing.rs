@@ -20,12 +20,11 @@ use crate::openai::ChatRequest;
 use crate::providers::anthropic::API_VERSION;
 use crate::shadow::{LegAnswer, LegHandle, Shadow};
 
-/// The last user message's text: the judge's view of the request, and its domain.
+/// The latest user text: the judge's view of the request, and its domain. User turns without
+/// text are skipped — in agent loops (Claude Code) the last user turn often carries only
+/// `tool_result` blocks, and the question is the turn that started the loop.
 pub(super) fn last_user_text(messages: &[Value]) -> String {
-    let Some(message) = messages.iter().rev().find(|m| m["role"] == "user") else {
-        return String::new();
-    };
-    match &message["content"] {
+    let text_of = |content: &Value| match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
             .iter()
@@ -33,7 +32,14 @@ pub(super) fn last_user_text(messages: &[Value]) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
         _ => String::new(),
-    }
+    };
+    messages
+        .iter()
+        .rev()
+        .filter(|m| m["role"] == "user")
+        .map(|m| text_of(&m["content"]))
+        .find(|text| !text.trim().is_empty())
+        .unwrap_or_default()
 }
 
 /// Which front door a sampled request came through: it decides how its legs are encoded and how
@@ -225,4 +231,28 @@ pub(super) async fn admin_report(
         "stats": &shadow.stats,
     });
     Ok(body.to_string().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_user_text;
+    use serde_json::json;
+
+    #[test]
+    fn the_request_text_skips_user_turns_that_only_return_tool_results() {
+        let messages = json!([
+            {"role": "user", "content": [{"type": "text", "text": "Fix the failing test in `lib.rs`."}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "read", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "fn main() {}"}]}
+        ]);
+        let messages = messages.as_array().expect("array");
+        assert_eq!(
+            last_user_text(messages),
+            "Fix the failing test in `lib.rs`."
+        );
+        let openai =
+            json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]);
+        assert_eq!(last_user_text(openai.as_array().expect("array")), "Hi");
+        assert_eq!(last_user_text(&[]), "");
+    }
 }
