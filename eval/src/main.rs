@@ -53,8 +53,8 @@ enum Command {
         /// Sample whole documents (records sharing a context, e.g. a Qasper paper) and keep at
         /// most this many questions of each, back to back: a local task model then prefills
         /// each document once.
-        #[arg(long)]
-        per_document: Option<usize>,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        per_document: Option<u64>,
     },
     /// Token ratio per compressor and target, in o200k and cl100k, on prepared records.
     Ratio {
@@ -299,7 +299,7 @@ fn main() -> anyhow::Result<()> {
             let all = loaders::load(&benchmark, &input)?;
             let total = all.len();
             let chosen = match per_document {
-                Some(k) => record::sample_by_document(all, limit, seed, k),
+                Some(k) => record::sample_by_document(all, limit, seed, k as usize),
                 None => record::sample(all, limit, seed),
             };
             record::write_jsonl(&output, &chosen)?;

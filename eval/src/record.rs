@@ -114,7 +114,7 @@ pub fn sample_by_document(
     let limit = limit.unwrap_or(usize::MAX);
     let mut out = Vec::new();
     for group in sample(groups, None, seed) {
-        for record in group.into_iter().take(per_document.max(1)) {
+        for record in group.into_iter().take(per_document) {
             if out.len() == limit {
                 return out;
             }

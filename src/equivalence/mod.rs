@@ -114,22 +114,21 @@ impl Scorer {
         if let Some(judge) = &self.judge {
             let user = judge::judge_user_prompt(request, a, b);
             let reply = judge.ask(judge::JUDGE_SYSTEM_PROMPT, &user).await;
-            if let Ok(reply) = &reply {
-                scores.judge_tokens = Some((reply.prompt_tokens, reply.completion_tokens));
-            }
-            match reply {
-                Ok(reply) => match judge::parse_verdict(&reply.text) {
-                    Ok(v) => {
-                        // A "different" verdict fails whatever score came with it.
-                        scores.judge = Some(if v.equivalent {
-                            v.score
-                        } else {
-                            v.score.min(0.0)
-                        });
-                        scores.missing_facts.extend(v.missing_facts);
-                    }
-                    Err(e) => scores.judge_error = Some(e),
-                },
+            // Paid for whether or not the reply follows the rubric.
+            scores.judge_tokens = reply
+                .as_ref()
+                .ok()
+                .map(|r| (r.prompt_tokens, r.completion_tokens));
+            match reply.and_then(|r| judge::parse_verdict(&r.text)) {
+                Ok(v) => {
+                    // A "different" verdict fails whatever score came with it.
+                    scores.judge = Some(if v.equivalent {
+                        v.score
+                    } else {
+                        v.score.min(0.0)
+                    });
+                    scores.missing_facts.extend(v.missing_facts);
+                }
                 Err(e) => scores.judge_error = Some(e),
             }
         }

@@ -28,8 +28,14 @@ const JUDGE_REPLY_TOKENS: u64 = 100;
 
 /// What shadowing this request may cost, before the exact counts exist: per compared pair (one,
 /// two with the noise floor) a background leg priced from the body size (about 4 bytes per
-/// token) and a judge call priced from the request's last user text and two answers.
-fn estimate_cost(shadow: &Shadow, route: &Route, request: &ChatRequest, body_len: usize) -> f64 {
+/// token) and a judge call priced from the request text and two answers.
+fn estimate_cost(
+    shadow: &Shadow,
+    route: &Route,
+    model: &str,
+    request_text: &str,
+    body_len: usize,
+) -> f64 {
     let settings = shadow.settings();
     let pairs = 1.0
         + f64::from(u8::from(
@@ -38,7 +44,7 @@ fn estimate_cost(shadow: &Shadow, route: &Route, request: &ChatRequest, body_len
     let tokens = |input: u64, output: u64, price: RawPrice| {
         (input as f64 * price.input + output as f64 * price.output) / 1e6
     };
-    let leg = settings.price(&request.model).map_or(0.0, |p| {
+    let leg = settings.price(model).map_or(0.0, |p| {
         tokens((body_len / 4) as u64, ESTIMATED_ANSWER_TOKENS, p)
     });
     let judge = settings
@@ -46,7 +52,7 @@ fn estimate_cost(shadow: &Shadow, route: &Route, request: &ChatRequest, body_len
         .as_deref()
         .and_then(|model| settings.price(model))
         .map_or(0.0, |p| {
-            let request_tokens = (last_user_text(request.messages()).len() / 4) as u64;
+            let request_tokens = (request_text.len() / 4) as u64;
             let prompt = JUDGE_RUBRIC_TOKENS + request_tokens + 2 * ESTIMATED_ANSWER_TOKENS;
             tokens(prompt, JUDGE_REPLY_TOKENS, p)
         });
@@ -59,6 +65,8 @@ pub(super) struct Sample<'a> {
     reserved_usd: f64,
     /// The request as the client sent it.
     original: ChatRequest,
+    /// Its latest user text (`last_user_text`): the judge's view and the sample's domain.
+    request_text: String,
     door: FrontDoor,
     /// Unsampled, the request would have been compressed; otherwise a sample that cannot start
     /// goes upstream as the client sent it.
@@ -78,11 +86,17 @@ impl<'a> Sample<'a> {
         door: FrontDoor,
     ) -> Option<Self> {
         let shadow = state.shadow.as_deref().filter(|_| !client_chose)?;
-        let estimate = estimate_cost(shadow, route, request, body_len);
-        shadow.try_sample(route, estimate).then(|| Self {
+        // Only a request past the sample-rate roll has its text read and its cost estimated.
+        let mut request_text = String::new();
+        let reserved_usd = shadow.try_sample(route, || {
+            request_text = last_user_text(request.messages());
+            estimate_cost(shadow, route, &request.model, &request_text, body_len)
+        })?;
+        Some(Self {
             shadow,
-            reserved_usd: estimate,
+            reserved_usd,
             original: request.clone(),
+            request_text,
             door,
             compresses_unsampled: requested.is_some(),
         })
@@ -174,7 +188,7 @@ impl<'a> Sample<'a> {
         };
         Ok(Some(Legs {
             served,
-            request_text: last_user_text(self.original.messages()),
+            request_text: self.request_text.clone(),
             tokens_original: outcome.tokens_before as u64,
             tokens_compressed: outcome.tokens_after as u64,
             other,

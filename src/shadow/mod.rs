@@ -84,6 +84,16 @@ pub fn now_ms() -> i64 {
 
 const DAY_MS: i64 = 86_400_000;
 
+/// A route's shadowing spend for the current UTC day (a new day starts at zero).
+fn todays_spend<'a>(spend: &'a mut HashMap<String, (i64, f64)>, route: &str) -> &'a mut f64 {
+    let today = now_ms() / DAY_MS;
+    let entry = spend.entry(route.to_string()).or_insert((today, 0.0));
+    if entry.0 != today {
+        *entry = (today, 0.0);
+    }
+    &mut entry.1
+}
+
 /// `nl`, `code` or `mixed`, from the request text.
 pub fn domain_of(text: &str) -> &'static str {
     if !text.contains("```") {
@@ -170,32 +180,26 @@ impl Shadow {
     }
 
     /// Whether to shadow this request: the route samples it and its daily budget has room for
-    /// `estimate_usd`, which is reserved until the answers' usage replaces it.
-    pub fn try_sample(&self, route: &Route, estimate_usd: f64) -> bool {
-        let Some(cfg) = &route.shadow else {
-            return false;
-        };
+    /// its estimated cost, which is returned and stays reserved until the answers' usage
+    /// replaces it. `estimate_usd` runs only for a request the sample rate picked.
+    pub fn try_sample(&self, route: &Route, estimate_usd: impl FnOnce() -> f64) -> Option<f64> {
+        let cfg = route.shadow.as_ref()?;
         if cfg.sample_rate <= 0.0 || fastrand::f64() >= cfg.sample_rate {
-            return false;
+            return None;
         }
+        let estimate = estimate_usd();
         if let Some(cap) = cfg.max_daily_usd {
-            let today = now_ms() / DAY_MS;
-            let Ok(mut spend) = self.spend.lock() else {
-                return false;
-            };
-            let entry = spend.entry(route.name.clone()).or_insert((today, 0.0));
-            if entry.0 != today {
-                *entry = (today, 0.0);
-            }
-            if entry.1 + estimate_usd > cap {
+            let mut spend = self.spend.lock().ok()?;
+            let today = todays_spend(&mut spend, &route.name);
+            if *today + estimate > cap {
                 self.stats.over_budget.fetch_add(1, Ordering::Relaxed);
-                return false;
+                return None;
             }
-            entry.1 += estimate_usd;
+            *today += estimate;
         }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.stats.sampled.fetch_add(1, Ordering::Relaxed);
-        true
+        Some(estimate)
     }
 
     /// Runs a background leg on the shadow runtime.
@@ -232,20 +236,14 @@ impl Shadow {
     /// Adds spend that was never reserved (scoring samples a previous process stored).
     fn charge(&self, route: &str, usd: f64) {
         if let Ok(mut spend) = self.spend.lock() {
-            let today = now_ms() / DAY_MS;
-            let entry = spend.entry(route.to_string()).or_insert((today, 0.0));
-            if entry.0 != today {
-                *entry = (today, 0.0);
-            }
-            entry.1 += usd;
+            *todays_spend(&mut spend, route) += usd;
         }
     }
 
     fn release(&self, route: &str, reserved: f64, actual: f64) {
         if let Ok(mut spend) = self.spend.lock() {
-            if let Some(entry) = spend.get_mut(route) {
-                entry.1 = (entry.1 - reserved + actual).max(0.0);
-            }
+            let today = todays_spend(&mut spend, route);
+            *today = (*today - reserved + actual).max(0.0);
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }

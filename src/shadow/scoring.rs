@@ -218,7 +218,7 @@ impl Shadow {
             }
             _ => 0.0,
         };
-        let Some(id) = id else { return 0.0 };
+        let Some(id) = id else { return judge_cost };
         let failed: Vec<String> = failed_gates(scores, &scorer.thresholds)
             .into_iter()
             .map(str::to_string)
