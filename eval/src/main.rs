@@ -18,10 +18,10 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use condenser::compress::{
-    build, kind_from_name, Compressor, Extractive, Prune, Rewrite, Tokenizer,
+    build, kind_from_name, Compressor, Extractive, Prune, Rewrite, Select, Tokenizer,
 };
 use condenser::config::CompressorKind;
-use condenser::llm::{LocalModel, LocalModelConfig};
+use condenser::llm::{LocalModel, LocalModelConfig, Vocabulary};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -101,6 +101,9 @@ enum Command {
         /// GGUF model of the `prune` compressor.
         #[arg(long, default_value = DEFAULT_COMPRESSOR_MODEL)]
         compressor_model: PathBuf,
+        /// GGUF LoRA adapter applied to the compressor model (e.g. a trained `select` adapter).
+        #[arg(long)]
+        compressor_lora: Option<PathBuf>,
     },
     /// Answers every example with a task model, full context vs each compressed context.
     Downstream {
@@ -143,6 +146,9 @@ enum Command {
         /// GGUF model of the `prune` compressor.
         #[arg(long, default_value = DEFAULT_COMPRESSOR_MODEL)]
         compressor_model: PathBuf,
+        /// GGUF LoRA adapter applied to the compressor model (e.g. a trained `select` adapter).
+        #[arg(long)]
+        compressor_lora: Option<PathBuf>,
     },
     /// Tables (Compressed EM, ΔEM, Compressed F1, ΔF1, Ratio, Cost) and a ratio-vs-ΔF1 plot from
     /// downstream answer files.
@@ -190,12 +196,17 @@ fn records(benchmark: &str, input: &std::path::Path) -> anyhow::Result<Vec<recor
 /// Where `prune` finds its model; loaded once, on first use.
 struct CompressorModel {
     path: PathBuf,
+    lora: Option<PathBuf>,
     loaded: Option<Arc<LocalModel>>,
 }
 
 impl CompressorModel {
-    fn new(path: PathBuf) -> Self {
-        Self { path, loaded: None }
+    fn new(path: PathBuf, lora: Option<PathBuf>) -> Self {
+        Self {
+            path,
+            lora,
+            loaded: None,
+        }
     }
 
     fn get(&mut self) -> anyhow::Result<Arc<LocalModel>> {
@@ -203,8 +214,11 @@ impl CompressorModel {
             return Ok(model.clone());
         }
         let model = Arc::new(
-            LocalModel::load(&LocalModelConfig::cpu(&self.path, 2, 8192))
-                .with_context(|| format!("loading {}", self.path.display()))?,
+            LocalModel::load(&LocalModelConfig {
+                lora: self.lora.clone().map(|path| (path, 1.0)),
+                ..LocalModelConfig::cpu(&self.path, 2, 8192)
+            })
+            .with_context(|| format!("loading {}", self.path.display()))?,
         );
         self.loaded = Some(model.clone());
         Ok(model)
@@ -227,6 +241,15 @@ fn compressor_for(
             Duration::from_secs(600),
             None,
         ))),
+        CompressorKind::Select => Ok(Arc::new(
+            Select::new(
+                local.get()?,
+                Vocabulary::load(&local.path)?,
+                8192,
+                Duration::from_secs(600),
+            )
+            .map_err(anyhow::Error::msg)?,
+        )),
         other => build(other).with_context(|| format!("`{name}` cannot be built offline")),
     }
 }
@@ -320,7 +343,7 @@ fn main() -> anyhow::Result<()> {
                 let compressor = compressor_for(
                     name,
                     &Extractive::default(),
-                    &mut CompressorModel::new(DEFAULT_COMPRESSOR_MODEL.into()),
+                    &mut CompressorModel::new(DEFAULT_COMPRESSOR_MODEL.into(), None),
                 )?;
                 let targets: &[f64] = if name == "identity" { &[1.0] } else { &ratios };
                 for &target in targets {
@@ -341,8 +364,9 @@ fn main() -> anyhow::Result<()> {
             expansion_weight,
             lead_bonus,
             compressor_model,
+            compressor_lora,
         } => {
-            let mut local = CompressorModel::new(compressor_model);
+            let mut local = CompressorModel::new(compressor_model, compressor_lora);
             let defaults = Extractive::default();
             let extractive = Extractive {
                 paragraph_weight: paragraph_weight.unwrap_or(defaults.paragraph_weight),
@@ -390,9 +414,10 @@ fn main() -> anyhow::Result<()> {
             threads,
             context,
             compressor_model,
+            compressor_lora,
         } => {
             let records = record::sample(record::read_jsonl(&input)?, limit, None);
-            let mut local = CompressorModel::new(compressor_model);
+            let mut local = CompressorModel::new(compressor_model, compressor_lora);
             let compressors = compressors
                 .iter()
                 .map(|name| {
@@ -432,6 +457,13 @@ fn main() -> anyhow::Result<()> {
                     ""
                 }
             );
+            // Scripts and CI must be able to tell a run whose answers failed.
+            if summary.failed > 0 {
+                anyhow::bail!(
+                    "{} answers failed (see the errors above); rerun with --resume to retry them",
+                    summary.failed
+                );
+            }
         }
     }
     Ok(())

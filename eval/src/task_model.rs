@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use condenser::llm::{ChatTurn, LocalModel, LocalModelConfig};
+use condenser::openai::headers;
 use serde_json::{json, Value};
 
 /// USD per million tokens, input and output.
@@ -114,7 +115,7 @@ impl TaskModel {
                 });
                 let mut request = client
                     .post(url)
-                    .header("x-condenser-compress", "none")
+                    .header(headers::COMPRESS, headers::COMPRESS_OFF)
                     .json(&body);
                 if let Ok(key) = std::env::var("OPENAI_API_KEY") {
                     request = request.bearer_auth(key);

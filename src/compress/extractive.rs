@@ -31,12 +31,12 @@ impl Default for Extractive {
     }
 }
 
-struct Sentence {
-    span: std::ops::Range<usize>,
+pub(super) struct Sentence {
+    pub(super) span: std::ops::Range<usize>,
     paragraph: usize,
     is_lead: bool,
     terms: Vec<String>,
-    tokens: usize,
+    pub(super) tokens: usize,
 }
 
 impl Compressor for Extractive {
@@ -65,7 +65,7 @@ impl Compressor for Extractive {
     }
 }
 
-fn analyse(text: &str, input: &CompressInput<'_>) -> Vec<Sentence> {
+pub(super) fn analyse(text: &str, input: &CompressInput<'_>) -> Vec<Sentence> {
     let mut out: Vec<Sentence> = Vec::new();
     let mut paragraph = 0;
     for span in sentences(text) {
@@ -158,7 +158,7 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 }
 
 /// Greedy by score; sentences that do not fit are skipped so smaller ones can still fill the budget.
-fn select(sentences: &[Sentence], scores: &[f64], budget: usize) -> Vec<usize> {
+pub(super) fn select(sentences: &[Sentence], scores: &[f64], budget: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..sentences.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let mut used = 0;
@@ -175,7 +175,7 @@ fn select(sentences: &[Sentence], scores: &[f64], budget: usize) -> Vec<usize> {
     kept
 }
 
-fn render(text: &str, sentences: &[Sentence], kept: &[usize]) -> String {
+pub(super) fn render(text: &str, sentences: &[Sentence], kept: &[usize]) -> String {
     let mut out = String::with_capacity(text.len() / 2);
     for (k, &i) in kept.iter().enumerate() {
         let span = &text[sentences[i].span.clone()];

@@ -15,6 +15,9 @@ mod policy;
 mod prune;
 #[cfg(feature = "local-model")]
 mod rewrite;
+#[cfg(feature = "local-model")]
+mod select;
+pub mod select_prompt;
 pub mod text;
 mod tokens;
 mod truncate;
@@ -30,6 +33,8 @@ pub use policy::{plan, Piece, Plan, PlanTarget};
 pub use prune::Prune;
 #[cfg(feature = "local-model")]
 pub use rewrite::Rewrite;
+#[cfg(feature = "local-model")]
+pub use select::Select;
 pub use tokens::Tokenizer;
 pub use truncate::Truncate;
 
@@ -82,7 +87,7 @@ pub fn build(kind: CompressorKind) -> Option<Arc<dyn Compressor>> {
         CompressorKind::Identity => Some(Arc::new(Identity)),
         CompressorKind::Truncate => Some(Arc::new(Truncate)),
         CompressorKind::Extractive => Some(Arc::new(Extractive::default())),
-        CompressorKind::Prune | CompressorKind::Rewrite => None,
+        CompressorKind::Prune | CompressorKind::Rewrite | CompressorKind::Select => None,
     }
 }
 
@@ -94,6 +99,7 @@ pub fn kind_from_name(name: &str) -> Option<CompressorKind> {
         "extractive" => Some(CompressorKind::Extractive),
         "prune" => Some(CompressorKind::Prune),
         "rewrite" => Some(CompressorKind::Rewrite),
+        "select" => Some(CompressorKind::Select),
         _ => None,
     }
 }

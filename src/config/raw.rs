@@ -25,6 +25,7 @@ pub struct RawConfig {
 pub struct RawCompressors {
     pub prune: Option<RawLocalModel>,
     pub rewrite: Option<RawLocalModel>,
+    pub select: Option<RawLocalModel>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +177,8 @@ pub enum CompressorKind {
     Prune,
     /// Local-model generative rewrite (needs `[compressors.rewrite]` and `local-model`).
     Rewrite,
+    /// Learned sentence selection by the local model (needs `[compressors.select]`).
+    Select,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

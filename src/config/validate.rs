@@ -23,6 +23,8 @@ pub struct Config {
     pub prune: Option<LocalModelSettings>,
     /// `[compressors.rewrite]`: the local model (and adapter) behind `rewrite`.
     pub rewrite: Option<LocalModelSettings>,
+    /// `[compressors.select]`: the local model (and trained adapter) behind `select`.
+    pub select: Option<LocalModelSettings>,
     /// `[shadow]`: where samples are stored and how they are scored.
     pub shadow: Option<ShadowSettings>,
 }
@@ -225,6 +227,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|m| validate_local_model(m, "rewrite"))
         .transpose()?;
+    let select = raw
+        .compressors
+        .select
+        .as_ref()
+        .map(|m| validate_local_model(m, "select"))
+        .transpose()?;
     for (i, route) in routes.iter().enumerate() {
         if route.compression.compressor == CompressorKind::Prune && prune.is_none() {
             return Err(ConfigError::invalid(
@@ -236,6 +244,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(ConfigError::invalid(
                 format!("routes[{i}].compression.compressor"),
                 "`rewrite` needs a [compressors.rewrite] section naming its model",
+            ));
+        }
+        if route.compression.compressor == CompressorKind::Select && select.is_none() {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].compression.compressor"),
+                "`select` needs a [compressors.select] section naming its model",
             ));
         }
     }
@@ -261,6 +275,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         routes,
         prune,
         rewrite,
+        select,
         shadow: raw.shadow.as_ref().map(validate_shadow).transpose()?,
     })
 }
@@ -272,7 +287,7 @@ fn validate_local_model(
     let key = |field: &str| format!("compressors.{name}.{field}");
     if matches!(
         raw.fallback,
-        Some(CompressorKind::Prune | CompressorKind::Rewrite)
+        Some(CompressorKind::Prune | CompressorKind::Rewrite | CompressorKind::Select)
     ) || (raw.fallback.is_some() && name != "rewrite")
     {
         return Err(ConfigError::invalid(

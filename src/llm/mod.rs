@@ -2,11 +2,14 @@
 //! The model is loaded once for the process; each worker thread owns one `LlamaContext` (a
 //! context borrows the model and is not shareable), and requests reach the workers through a
 //! bounded queue. A full queue or a missed deadline is an error the caller fails open on.
-//! What a worker computes lives beside this file: token self-information (`score.rs`) and greedy
-//! chat generation (`generate.rs`).
+//! What a worker computes lives beside this file: token self-information (`score.rs`), greedy
+//! chat generation (`generate.rs`) and sentence keep scores (`classify.rs`); `vocab.rs` loads a
+//! model's tokenizer alone.
 
+mod classify;
 mod generate;
 mod score;
+mod vocab;
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -20,7 +23,9 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
 
+pub use classify::ClassifyWindow;
 pub use generate::{ChatTurn, Generation};
+pub use vocab::Vocabulary;
 
 #[derive(Debug, Clone)]
 pub struct LocalModelConfig {
@@ -92,6 +97,11 @@ enum Task {
         turns: Vec<ChatTurn>,
         max_tokens: usize,
         reply: SyncSender<Result<Generation, LlmError>>,
+    },
+    Classify {
+        windows: Vec<ClassifyWindow>,
+        pair: (i32, i32),
+        reply: SyncSender<Result<Vec<f32>, LlmError>>,
     },
 }
 
@@ -190,6 +200,26 @@ impl LocalModel {
             reply,
         };
         self.submit(task, timeout)?;
+        self.await_reply(&answer, timeout)
+    }
+
+    /// Per marker of every window, in order: logit(`pair.0`) − logit(`pair.1`) read at the
+    /// marker position.
+    pub fn keep_scores(
+        &self,
+        windows: Vec<ClassifyWindow>,
+        pair: (i32, i32),
+        timeout: Duration,
+    ) -> Result<Vec<f32>, LlmError> {
+        let (reply, answer) = sync_channel(1);
+        self.submit(
+            Task::Classify {
+                windows,
+                pair,
+                reply,
+            },
+            timeout,
+        )?;
         self.await_reply(&answer, timeout)
     }
 
@@ -320,6 +350,20 @@ fn run_worker(
                         max_tokens,
                         job.deadline,
                     )
+                };
+                stats.served.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(result);
+            }
+            Task::Classify {
+                windows,
+                pair,
+                reply,
+            } => {
+                let result = if late {
+                    Err(LlmError::Deadline)
+                } else {
+                    cached.forget(&mut ctx);
+                    classify::keep_scores(&mut ctx, &windows, pair, job.deadline)
                 };
                 stats.served.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(result);

@@ -2,6 +2,8 @@
 //! compress, validated leniently. The request stays a JSON tree, so fields this proxy does not know
 //! (new OpenAI parameters) pass through untouched and in their original order.
 
+pub mod headers;
+
 use serde_json::{Map, Value};
 
 use crate::error::ProxyError;

@@ -14,7 +14,7 @@ use super::{body, header_str, AppState, RequestLog};
 use crate::compress::{kind_from_name, CompressionOutcome, Pipeline, Tokenizer};
 use crate::config::{CompressorKind, Leg, Rollout};
 use crate::error::ProxyError;
-use crate::openai::ChatRequest;
+use crate::openai::{headers, ChatRequest};
 use std::sync::Arc;
 
 /// What the client asked for in `x-condenser-compress`.
@@ -25,8 +25,8 @@ fn requested_compressor(
 ) -> Result<Option<CompressorKind>, ProxyError> {
     match header.map(|h| h.trim().to_ascii_lowercase()) {
         None => Ok(route_enabled.then_some(route_compressor)),
-        Some(h) if h == "off" => Ok(None),
-        Some(h) if h == "on" => Ok(Some(route_compressor)),
+        Some(h) if h == headers::COMPRESS_OFF => Ok(None),
+        Some(h) if h == headers::COMPRESS_ON => Ok(Some(route_compressor)),
         Some(h) => kind_from_name(&h)
             .map(Some)
             .ok_or(ProxyError::UnknownCompressor(h)),
@@ -53,10 +53,9 @@ pub(super) async fn prepare(
 ) -> Result<Prepared, ProxyError> {
     let raw = body::read_whole(session, state.config.server.max_body_bytes).await?;
     let request = ChatRequest::parse(&raw)?;
-    let route = state.router.select(
-        header_str(session, "x-condenser-route"),
-        Some(&request.model),
-    )?;
+    let route = state
+        .router
+        .select(header_str(session, headers::ROUTE), Some(&request.model))?;
     let settings = &state.router.route(route).compression;
     let name = &state.router.route(route).name;
     log.route = Some(name.clone());
@@ -67,7 +66,7 @@ pub(super) async fn prepare(
             state.shadow.as_ref().and_then(|s| s.serving(name)) == Some(Leg::Compressed)
         }
     };
-    let choice = header_str(session, "x-condenser-compress");
+    let choice = header_str(session, headers::COMPRESS);
     let compressor = requested_compressor(choice, enabled, settings.compressor)?;
     let tokenizer = Tokenizer::for_model(&request.model);
     Ok(Prepared {
@@ -112,17 +111,14 @@ pub(super) fn accounting_headers(
     model: &str,
 ) -> Vec<(&'static str, String)> {
     let mut headers = vec![
-        (
-            "x-condenser-tokens-before",
-            outcome.tokens_before.to_string(),
-        ),
-        ("x-condenser-tokens-after", outcome.tokens_after.to_string()),
-        ("x-condenser-compressor", outcome.compressor.to_string()),
-        ("x-condenser-route", route.to_string()),
-        ("x-condenser-tokenizer", tokenizer.describe_for(model)),
+        (headers::TOKENS_BEFORE, outcome.tokens_before.to_string()),
+        (headers::TOKENS_AFTER, outcome.tokens_after.to_string()),
+        (headers::COMPRESSOR, outcome.compressor.to_string()),
+        (headers::ROUTE, route.to_string()),
+        (headers::TOKENIZER, tokenizer.describe_for(model)),
     ];
     if outcome.failed_open {
-        headers.push(("x-condenser-fail-open", "true".to_string()));
+        headers.push((headers::FAIL_OPEN, "true".to_string()));
     }
     headers
 }
@@ -256,7 +252,7 @@ pub(super) async fn forward(
 ) -> Result<u16, ExchangeError> {
     if let Some(s) = &shadowing {
         leg.extra
-            .push(("x-condenser-shadow", s.served().as_str().to_string()));
+            .push((headers::SHADOW, s.served().as_str().to_string()));
     }
     let mut capture = shadowing.as_ref().map(|_| Capture::default());
     let status = leg

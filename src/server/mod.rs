@@ -97,13 +97,14 @@ impl AppState {
     }
 }
 
-/// Loads the models of `[compressors.prune]` and `[compressors.rewrite]` (once each) and
+/// Loads the models of `[compressors.prune]`, `[compressors.rewrite]` and `[compressors.select]`
+/// (once each) and
 /// registers their compressors.
 #[cfg(feature = "local-model")]
 fn with_local_models(mut pipeline: Pipeline, config: &Config) -> Result<Pipeline, String> {
-    use crate::compress::{build, Prune, Rewrite};
+    use crate::compress::{build, Prune, Rewrite, Select};
     use crate::config::{CompressorKind, LocalModelSettings};
-    use crate::llm::{LocalModel, LocalModelConfig};
+    use crate::llm::{LocalModel, LocalModelConfig, Vocabulary};
     use std::time::Duration;
     let load = |name: &str, settings: &LocalModelSettings| {
         let model = LocalModel::load(&LocalModelConfig {
@@ -137,6 +138,18 @@ fn with_local_models(mut pipeline: Pipeline, config: &Config) -> Result<Pipeline
             fallback,
         );
         pipeline = pipeline.with_compressor(CompressorKind::Rewrite, Arc::new(rewrite));
+    }
+    if let Some(settings) = &config.select {
+        let vocab =
+            Vocabulary::load(&settings.model).map_err(|e| format!("compressors.select: {e}"))?;
+        let select = Select::new(
+            load("select", settings)?,
+            vocab,
+            settings.context as usize,
+            Duration::from_millis(settings.timeout_ms),
+        )
+        .map_err(|e| format!("compressors.select: {e}"))?;
+        pipeline = pipeline.with_compressor(CompressorKind::Select, Arc::new(select));
     }
     Ok(pipeline)
 }

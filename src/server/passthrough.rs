@@ -8,6 +8,7 @@ use super::chat::path_and_query;
 use super::response::ResponseMode;
 use super::upstream::{ExchangeError, Reply};
 use super::{body, header_str, AppState, RequestLog};
+use crate::openai::headers;
 
 pub async fn handle(
     state: &AppState,
@@ -21,7 +22,7 @@ pub async fn handle(
     let model = model_of(&raw);
     let route_index = state
         .router
-        .select(header_str(session, "x-condenser-route"), model.as_deref())
+        .select(header_str(session, headers::ROUTE), model.as_deref())
         .map_err(before)?;
     let route = state.router.route(route_index);
     log.route = Some(route.name.clone());
@@ -30,7 +31,7 @@ pub async fn handle(
     let header = upstream
         .request_header(session.req_header(), &path, raw.len(), true, &[])
         .map_err(before)?;
-    let extra = [("x-condenser-route", route.name.clone())];
+    let extra = [(headers::ROUTE, route.name.clone())];
     log.status = upstream
         .exchange(
             &state.connector,

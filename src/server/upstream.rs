@@ -199,7 +199,7 @@ impl Upstream {
             let n = name.as_str();
             let skip = HOP_BY_HOP.contains(&n)
                 || matches!(n, "host" | "content-length" | "expect")
-                || n.starts_with("x-condenser-")
+                || n.starts_with(crate::openai::headers::PREFIX)
                 || (n == "accept-encoding" && !keep_accept_encoding)
                 || drop_client_auth(n);
             if !skip {
