@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Background compression on a replayed multi-turn conversation: added client latency and input
-tokens saved, compression off vs `prune` in background mode, side by side in one run.
+tokens saved, compression off vs a local-model compressor (`prune`, or `select` with its trained
+adapter) in background mode, side by side in one run.
 
 Two condenser processes (built with the local model) over the same mock upstream. Each
 conversation resends its whole history every turn, as chat clients do: a ~3k-token system
@@ -10,7 +11,8 @@ pruned off the request path (for no particular question, so it serves every late
 turns carry the cached compression.
 
   cargo build --release --features local-model --bin condenser --example mock_upstream
-  python3 bench/background_bench.py [--conversations 3] [--turns 10] [--gap 4]
+  python3 bench/background_bench.py [--compressor prune|select] [--ratio 0.5]
+                                    [--conversations 3] [--turns 10] [--gap 4]
 """
 
 import argparse
@@ -44,15 +46,17 @@ upstream = "mock"
 [routes.compression]
 {compression}
 
-[compressors.prune]
+[compressors.{compressor}]
 model = "{root}/adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf"
 threads = 2
 context = 8192
 timeout_ms = 300000
+{lora}
 """
 
 OFF = "enabled = false"
-BACKGROUND = 'enabled = true\ncompressor = "prune"\nmin_tokens = 200\ntarget_ratio = 0.5\nmode = "background"'
+BACKGROUND = 'enabled = true\ncompressor = "{compressor}"\nmin_tokens = 200\ntarget_ratio = {ratio}\nmode = "background"'
+ADAPTERS = {"select": 'lora = "{root}/adapters/select-smollm2-r8.gguf"', "prune": ""}
 
 
 def document(seed):
@@ -71,16 +75,21 @@ def main():
     ap.add_argument("--conversations", type=int, default=3)
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--gap", type=float, default=4.0)
+    ap.add_argument("--compressor", choices=sorted(ADAPTERS), default="prune")
+    ap.add_argument("--ratio", type=float, default=0.5)
     args = ap.parse_args()
+    background = f"{args.compressor}, background"
     binary = os.path.join(ROOT, "target", "release", "condenser")
     mock = os.path.join(ROOT, "target", "release", "examples", "mock_upstream")
     tmp = tempfile.mkdtemp()
     procs = [subprocess.Popen([mock, "127.0.0.1:18001"], stdout=subprocess.DEVNULL)]
-    ports = {"compression off": (18021, OFF), "prune, background": (18022, BACKGROUND)}
+    ports = {"compression off": (18021, OFF),
+             background: (18022, BACKGROUND.format(compressor=args.compressor, ratio=args.ratio))}
     for name, (port, compression) in ports.items():
         cfg = os.path.join(tmp, f"{port}.toml")
         with open(cfg, "w") as f:
-            f.write(CONFIG.format(compression=compression, root=ROOT))
+            f.write(CONFIG.format(compression=compression, root=ROOT, compressor=args.compressor,
+                                  lora=ADAPTERS[args.compressor].format(root=ROOT)))
         procs.append(subprocess.Popen(
             [binary, "serve", "--config", cfg, "--listen", f"127.0.0.1:{port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -121,9 +130,9 @@ def main():
             print(f"| {name} | {len(xs)} | {statistics.median(xs):.2f} | {xs[int(0.9 * (len(xs) - 1))]:.2f} | "
                   f"{xs[-1]:.2f} | {after / before:.3f} |")
         off = statistics.median(latency["compression off"])
-        on = statistics.median(latency["prune, background"])
+        on = statistics.median(latency[background])
         total = args.conversations * args.turns
-        before, after = tokens["prune, background"]
+        before, after = tokens[background]
         print(f"\nadded p50: {on - off:+.2f} ms; turns served compressed: {compressed_turns}/{total}; "
               f"input tokens saved: {1 - after / before:.1%}")
     finally:

@@ -1,16 +1,19 @@
-//! Speed and memory of the local-model compressors on this CPU: `prune` (one prefill pass) and
-//! `rewrite` (prefill + greedy generation) on HotPotQA contexts, next to `extractive`.
+//! Speed and memory of the local-model compressors on this CPU: `prune` and `select` (one
+//! prefill pass each) and `rewrite` (prefill + greedy generation) on HotPotQA contexts, next to
+//! `extractive`. `select` runs with the adapter given as the third argument (else the base).
 //! Reports tokens per second (model tokens processed), milliseconds per 1k input tokens (o200k),
 //! and the process RSS with the model loaded.
-//! `cargo run --release --features local-model --example local_model_bench -- [N] [THREADS]`
+//! `cargo run --release --features local-model --example local_model_bench -- [N] [THREADS] [SELECT_ADAPTER]`
 
 use std::io::BufRead;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use condenser::compress::{CompressInput, Compressor, Extractive, Prune, Rewrite, Tokenizer};
-use condenser::llm::{LocalModel, LocalModelConfig};
+use condenser::compress::{
+    CompressInput, Compressor, Extractive, Prune, Rewrite, Select, Tokenizer,
+};
+use condenser::llm::{LocalModel, LocalModelConfig, Vocabulary};
 use serde_json::Value;
 
 fn rss_mib() -> f64 {
@@ -69,17 +72,29 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).map_or(Ok(10), |v| v.parse())?;
     let threads: i32 = std::env::args().nth(2).map_or(Ok(2), |v| v.parse())?;
+    let adapter = std::env::args().nth(3).map(std::path::PathBuf::from);
+    let base = "adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf";
     let rss_before = rss_mib();
     let model = Arc::new(LocalModel::load(&LocalModelConfig::cpu(
-        "adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf",
-        threads,
-        8192,
+        base, threads, 8192,
     ))?);
     let rss_loaded = rss_mib();
     println!("RSS: {rss_before:.0} MiB before the model, {rss_loaded:.0} MiB with it loaded ({threads} threads)");
     let timeout = Duration::from_secs(600);
+    let selector = Arc::new(LocalModel::load(&LocalModelConfig {
+        lora: adapter.map(|path| (path, 1.0)),
+        ..LocalModelConfig::cpu(base, threads, 8192)
+    })?);
+    let select = Select::new(
+        selector,
+        Vocabulary::load(base.as_ref())?,
+        condenser::compress::select_prompt::WINDOW_TOKENS,
+        timeout,
+    )
+    .map_err(anyhow::Error::msg)?;
     let compressors: Vec<Arc<dyn Compressor>> = vec![
         Arc::new(Extractive::default()),
+        Arc::new(select),
         Arc::new(Prune::new(model.clone(), timeout)),
         Arc::new(Rewrite::new(model, timeout, None)),
     ];

@@ -90,6 +90,18 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             }
         }
     }
+    // Adapters are checked against their base model here, not only when llama.cpp loads them.
+    for (name, settings) in [
+        ("prune", &cfg.prune),
+        ("rewrite", &cfg.rewrite),
+        ("select", &cfg.select),
+    ] {
+        let Some(settings) = settings else { continue };
+        if let Some((adapter, _)) = &settings.lora {
+            condenser::adapters::check_lora(&settings.model, adapter)
+                .with_context(|| format!("compressors.{name}.lora"))?;
+        }
+    }
     println!(
         "{}: ok ({} upstreams, {} routes)",
         path.display(),

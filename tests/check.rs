@@ -110,3 +110,43 @@ fn environment_overrides_apply_and_are_validated() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An adapter that does not fit its base model is refused with its file named, before
+/// llama.cpp ever sees it.
+#[cfg(feature = "local-model")]
+#[test]
+fn a_mismatched_adapter_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf"
+    );
+    let wrong = dir.path().join("wrong-rank.gguf");
+    let pair = condenser::adapters::LoraPair {
+        weight: "blk.0.attn_q.weight".into(),
+        n_in: 100,
+        n_out: 576,
+        rank: 4,
+        a: vec![0.0; 400],
+        b: vec![0.0; 4 * 576],
+    };
+    condenser::adapters::write_lora(&wrong, "llama", 8.0, &[pair]).expect("write");
+    let corrupt = dir.path().join("corrupt.gguf");
+    std::fs::write(&corrupt, b"GGUF but not really").expect("write");
+    for adapter in [&wrong, &corrupt] {
+        let config = format!(
+            "{}\n[compressors.select]\nmodel = \"{base}\"\nlora = \"{}\"\n",
+            shipped(),
+            adapter.display()
+        );
+        let out = check(&config, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted {}", adapter.display());
+        let name = adapter
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        assert!(stderr.contains(name), "{stderr}");
+        assert!(stderr.contains("compressors.select.lora"), "{stderr}");
+    }
+}

@@ -369,44 +369,10 @@ async fn background_prune_never_makes_the_client_wait() {
     );
 }
 
-/// The first HotPotQA dev examples of ../shared/data: (paragraphs as text, question).
-fn hotpotqa(n: usize) -> Vec<(String, String)> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/hotpotqa-dev-500.jsonl"
-    );
-    let text = std::fs::read_to_string(path).expect("../shared/data/hotpotqa-dev-500.jsonl");
-    text.lines()
-        .take(n)
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).expect("json");
-            let context = v["context"]
-                .as_array()
-                .expect("context")
-                .iter()
-                .map(|p| {
-                    let sentences: String = p[1]
-                        .as_array()
-                        .expect("sentences")
-                        .iter()
-                        .filter_map(|s| s.as_str())
-                        .collect();
-                    format!("{}\n{sentences}", p[0].as_str().unwrap_or_default())
-                })
-                .collect::<Vec<_>>()
-                .join("\n\n");
-            (
-                context,
-                v["question"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn prune_meets_its_ratio_on_hotpotqa_contexts() {
     let prune = Prune::new(Arc::new(load(1, 2)), Duration::from_secs(120));
-    for (context, question) in hotpotqa(3) {
+    for (context, question) in common::hotpotqa(3) {
         let before = Tokenizer::O200k.count(&context);
         let input = CompressInput {
             text: &context,

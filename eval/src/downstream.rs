@@ -247,7 +247,7 @@ pub fn run(records: &[Record], model: &TaskModel, settings: &Settings) -> anyhow
                     }
                 }
                 bar.inc(1);
-                if log_progress && bar.position() % 10 == 0 {
+                if log_progress && bar.position().is_multiple_of(10) {
                     eprintln!(
                         "{}/{} answers after {} min, eta {} min",
                         bar.position(),

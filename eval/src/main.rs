@@ -104,6 +104,12 @@ enum Command {
         /// GGUF LoRA adapter applied to the compressor model (e.g. a trained `select` adapter).
         #[arg(long)]
         compressor_lora: Option<PathBuf>,
+        /// `select`: weight of extractive's ranking blended with the model's.
+        #[arg(long, default_value_t = condenser::compress::DEFAULT_BLEND)]
+        select_blend: f64,
+        /// Writes a ratio-vs-recall plot (SVG).
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Answers every example with a task model, full context vs each compressed context.
     Downstream {
@@ -149,6 +155,9 @@ enum Command {
         /// GGUF LoRA adapter applied to the compressor model (e.g. a trained `select` adapter).
         #[arg(long)]
         compressor_lora: Option<PathBuf>,
+        /// `select`: weight of extractive's ranking blended with the model's.
+        #[arg(long, default_value_t = condenser::compress::DEFAULT_BLEND)]
+        select_blend: f64,
     },
     /// Tables (Compressed EM, ΔEM, Compressed F1, ΔF1, Ratio, Cost) and a ratio-vs-ΔF1 plot from
     /// downstream answer files.
@@ -197,16 +206,42 @@ fn records(benchmark: &str, input: &std::path::Path) -> anyhow::Result<Vec<recor
 struct CompressorModel {
     path: PathBuf,
     lora: Option<PathBuf>,
+    select_blend: f64,
     loaded: Option<Arc<LocalModel>>,
+    /// One `select` whose scorings every blend shares (`select@W` on the command line).
+    select: Option<Select>,
 }
 
 impl CompressorModel {
-    fn new(path: PathBuf, lora: Option<PathBuf>) -> Self {
+    fn new(path: PathBuf, lora: Option<PathBuf>, select_blend: f64) -> Self {
         Self {
             path,
             lora,
+            select_blend,
             loaded: None,
+            select: None,
         }
+    }
+
+    /// `select` blended with weight `blend`; all blends share one memo of every scoring, so
+    /// each text is scored by the model once however many blends are measured.
+    fn select(&mut self, blend: f64) -> anyhow::Result<Select> {
+        if self.select.is_none() {
+            let select = Select::new(
+                self.get()?,
+                Vocabulary::load(&self.path)?,
+                condenser::compress::select_prompt::WINDOW_TOKENS,
+                Duration::from_secs(600),
+            )
+            .map_err(anyhow::Error::msg)?
+            .with_memo_capacity(100_000);
+            self.select = Some(select);
+        }
+        Ok(self
+            .select
+            .clone()
+            .context("select is loaded")?
+            .with_blend(blend))
     }
 
     fn get(&mut self) -> anyhow::Result<Arc<LocalModel>> {
@@ -230,6 +265,12 @@ fn compressor_for(
     extractive: &Extractive,
     local: &mut CompressorModel,
 ) -> anyhow::Result<Arc<dyn Compressor>> {
+    if let Some(blend) = name.strip_prefix("select@") {
+        let blend: f64 = blend
+            .parse()
+            .with_context(|| format!("`{name}`: select@BLEND takes a weight from 0 to 1"))?;
+        return Ok(Arc::new(local.select(blend)?));
+    }
     let kind = kind_from_name(name).with_context(|| format!("unknown compressor `{name}`"))?;
     match kind {
         CompressorKind::Extractive => Ok(Arc::new(extractive.clone())),
@@ -241,15 +282,10 @@ fn compressor_for(
             Duration::from_secs(600),
             None,
         ))),
-        CompressorKind::Select => Ok(Arc::new(
-            Select::new(
-                local.get()?,
-                Vocabulary::load(&local.path)?,
-                8192,
-                Duration::from_secs(600),
-            )
-            .map_err(anyhow::Error::msg)?,
-        )),
+        CompressorKind::Select => {
+            let blend = local.select_blend;
+            Ok(Arc::new(local.select(blend)?))
+        }
         other => build(other).with_context(|| format!("`{name}` cannot be built offline")),
     }
 }
@@ -343,7 +379,11 @@ fn main() -> anyhow::Result<()> {
                 let compressor = compressor_for(
                     name,
                     &Extractive::default(),
-                    &mut CompressorModel::new(DEFAULT_COMPRESSOR_MODEL.into(), None),
+                    &mut CompressorModel::new(
+                        DEFAULT_COMPRESSOR_MODEL.into(),
+                        None,
+                        condenser::compress::DEFAULT_BLEND,
+                    ),
                 )?;
                 let targets: &[f64] = if name == "identity" { &[1.0] } else { &ratios };
                 for &target in targets {
@@ -365,8 +405,10 @@ fn main() -> anyhow::Result<()> {
             lead_bonus,
             compressor_model,
             compressor_lora,
+            select_blend,
+            plot,
         } => {
-            let mut local = CompressorModel::new(compressor_model, compressor_lora);
+            let mut local = CompressorModel::new(compressor_model, compressor_lora, select_blend);
             let defaults = Extractive::default();
             let extractive = Extractive {
                 paragraph_weight: paragraph_weight.unwrap_or(defaults.paragraph_weight),
@@ -388,16 +430,19 @@ fn main() -> anyhow::Result<()> {
             for name in &compressors {
                 let compressor = compressor_for(name, &extractive, &mut local)?;
                 let ratios: &[f64] = if name == "identity" { &[1.0] } else { &ratios };
-                for &ratio in ratios {
-                    rows.push(recall::run(
-                        &examples,
-                        compressor.as_ref(),
-                        ratio,
-                        tokenizer,
-                    )?);
-                }
+                rows.extend(recall::run(
+                    &examples,
+                    name,
+                    compressor.as_ref(),
+                    ratios,
+                    tokenizer,
+                )?);
             }
             print!("{}", recall::markdown(&rows, examples.len()));
+            if let Some(path) = plot {
+                recall::plot(&rows, &path, &format!("{benchmark}: ratio vs recall"))?;
+                eprintln!("wrote {}", path.display());
+            }
         }
         Command::Downstream {
             input,
@@ -415,9 +460,10 @@ fn main() -> anyhow::Result<()> {
             context,
             compressor_model,
             compressor_lora,
+            select_blend,
         } => {
             let records = record::sample(record::read_jsonl(&input)?, limit, None);
-            let mut local = CompressorModel::new(compressor_model, compressor_lora);
+            let mut local = CompressorModel::new(compressor_model, compressor_lora, select_blend);
             let compressors = compressors
                 .iter()
                 .map(|name| {

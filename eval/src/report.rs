@@ -201,6 +201,25 @@ pub fn plot(rows: &[ReportRow], path: &Path, title: &str) -> anyhow::Result<()> 
         .fold(0.0f64, f64::min)
         .min(-0.05)
         - 0.02;
+    line_chart(
+        series,
+        path,
+        title,
+        "ΔF1 vs full context",
+        low..0.05,
+        Some(0.0),
+    )
+}
+
+/// Lines of (token ratio, y) points, one per series, with an optional horizontal reference.
+pub fn line_chart(
+    series: BTreeMap<String, Vec<(f64, f64)>>,
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    y_range: std::ops::Range<f64>,
+    reference: Option<f64>,
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -208,13 +227,15 @@ pub fn plot(rows: &[ReportRow], path: &Path, title: &str) -> anyhow::Result<()> 
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(0.0f64..1.05f64, low..0.05f64)?;
+        .build_cartesian_2d(0.0f64..1.05f64, y_range)?;
     chart
         .configure_mesh()
         .x_desc("token ratio (compressed / full)")
-        .y_desc("ΔF1 vs full context")
+        .y_desc(y_desc)
         .draw()?;
-    chart.draw_series(LineSeries::new([(0.0, 0.0), (1.05, 0.0)], BLACK.mix(0.3)))?;
+    if let Some(y) = reference {
+        chart.draw_series(LineSeries::new([(0.0, y), (1.05, y)], BLACK.mix(0.3)))?;
+    }
     for (i, (name, mut points)) in series.into_iter().enumerate() {
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         let colour = COLOURS[i % COLOURS.len()];

@@ -25,6 +25,79 @@ pub enum AdapterError {
     Shape(String),
     #[error("writing the adapter: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{file}: {reason}")]
+    Mismatch { file: String, reason: String },
+}
+
+/// Checks, from the two files' headers alone, that `adapter` is a GGUF LoRA adapter made for
+/// `base`: same architecture, every `<w>.lora_a` / `<w>.lora_b` pair naming a weight of the base
+/// with `a` = `[rank, in]` and `b` = `[out, rank]` of its shape. `condenser check` and start-up
+/// run it so a wrong adapter is refused with its file named, before llama.cpp sees it.
+pub fn check_lora(base: &Path, adapter: &Path) -> Result<usize, AdapterError> {
+    use candle_core::quantized::gguf_file::Content;
+    let mismatch = |reason: String| AdapterError::Mismatch {
+        file: adapter.display().to_string(),
+        reason,
+    };
+    let read = |path: &Path| -> Result<Content, AdapterError> {
+        let mut file = std::fs::File::open(path).map_err(|e| AdapterError::Mismatch {
+            file: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Content::read(&mut file).map_err(|e| AdapterError::Mismatch {
+            file: path.display().to_string(),
+            reason: format!("not a GGUF file ({e})"),
+        })
+    };
+    let (base_gguf, lora) = (read(base)?, read(adapter)?);
+    let text = |c: &Content, key: &str| {
+        c.metadata
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    if text(&lora, "general.type") != "adapter" || text(&lora, "adapter.type") != "lora" {
+        return Err(mismatch(
+            "not a GGUF LoRA adapter (general.type / adapter.type)".into(),
+        ));
+    }
+    let (arch, base_arch) = (
+        text(&lora, "general.architecture"),
+        text(&base_gguf, "general.architecture"),
+    );
+    if arch != base_arch {
+        return Err(mismatch(format!(
+            "made for architecture `{arch}`, the base model is `{base_arch}`"
+        )));
+    }
+    let mut pairs = 0;
+    for (name, a) in &lora.tensor_infos {
+        let Some(weight) = name.strip_suffix(".lora_a") else {
+            continue;
+        };
+        let b = lora
+            .tensor_infos
+            .get(&format!("{weight}.lora_b"))
+            .ok_or_else(|| mismatch(format!("{name} has no {weight}.lora_b")))?;
+        let w = base_gguf
+            .tensor_infos
+            .get(weight)
+            .ok_or_else(|| mismatch(format!("the base model has no tensor {weight}")))?;
+        let (a, b, w) = (a.shape.dims(), b.shape.dims(), w.shape.dims());
+        let fits = matches!((a, b, w), ([rank, n_in], [n_out, rank_b], [out, inp])
+            if rank == rank_b && n_in == inp && n_out == out);
+        if !fits {
+            return Err(mismatch(format!(
+                "{weight} is {w:?} in the base model; the adapter's factors are {a:?} and {b:?}"
+            )));
+        }
+        pairs += 1;
+    }
+    if pairs == 0 {
+        return Err(mismatch("adapts no tensor".into()));
+    }
+    Ok(pairs)
 }
 
 const ALIGNMENT: usize = 32;
@@ -51,7 +124,7 @@ fn kv_f32(out: &mut Vec<u8>, key: &str, value: f32) {
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % ALIGNMENT != 0 {
+    while !out.len().is_multiple_of(ALIGNMENT) {
         out.push(0);
     }
 }
@@ -110,6 +183,52 @@ pub fn write_lora(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_adapter_is_checked_against_its_base_model_by_shape() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pair = |n_in: usize, n_out: usize| LoraPair {
+            weight: "blk.0.attn_q.weight".into(),
+            n_in,
+            n_out,
+            rank: 2,
+            a: vec![0.5; 2 * n_in],
+            b: vec![0.5; 2 * n_out],
+        };
+        // A "base model": an adapter file is GGUF too, and its tensors are what is compared.
+        let base = dir.path().join("base.gguf");
+        let mut as_base = pair(32, 64);
+        as_base.weight = "blk.0.attn_q".into();
+        write_lora(&base, "llama", 1.0, &[as_base]).expect("base");
+        // The base's tensor `blk.0.attn_q.lora_a` has candle dims [2, 32]; an adapter of it
+        // names `blk.0.attn_q.lora_a` as its weight.
+        let good = dir.path().join("good.gguf");
+        let mut fits = pair(32, 2);
+        fits.weight = "blk.0.attn_q.lora_a".into();
+        write_lora(&good, "llama", 1.0, &[fits]).expect("good");
+        assert_eq!(check_lora(&base, &good).expect("fits"), 1);
+        let wrong = dir.path().join("wrong-shape.gguf");
+        let mut misfit = pair(16, 2);
+        misfit.weight = "blk.0.attn_q.lora_a".into();
+        write_lora(&wrong, "llama", 1.0, &[misfit]).expect("wrong");
+        let error = check_lora(&base, &wrong)
+            .expect_err("shape differs")
+            .to_string();
+        assert!(error.contains("wrong-shape.gguf"), "{error}");
+        let other_arch = dir.path().join("qwen.gguf");
+        let mut fits = pair(32, 2);
+        fits.weight = "blk.0.attn_q.lora_a".into();
+        write_lora(&other_arch, "qwen2", 1.0, &[fits]).expect("qwen");
+        let error = check_lora(&base, &other_arch)
+            .expect_err("arch")
+            .to_string();
+        assert!(error.contains("qwen2"), "{error}");
+        std::fs::write(dir.path().join("junk.gguf"), b"not a gguf").expect("junk");
+        let error = check_lora(&base, &dir.path().join("junk.gguf"))
+            .expect_err("junk")
+            .to_string();
+        assert!(error.contains("junk.gguf"), "{error}");
+    }
 
     #[test]
     fn layout_is_gguf_v3_with_aligned_tensor_data() {

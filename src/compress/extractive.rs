@@ -93,7 +93,7 @@ pub(super) fn analyse(text: &str, input: &CompressInput<'_>) -> Vec<Sentence> {
 }
 
 impl Extractive {
-    fn score(&self, sentences: &[Sentence], query: &str) -> Vec<f64> {
+    pub(super) fn score(&self, sentences: &[Sentence], query: &str) -> Vec<f64> {
         let sentence_docs: Vec<&[String]> = sentences.iter().map(|s| s.terms.as_slice()).collect();
         let paragraph_count = sentences.last().map_or(0, |s| s.paragraph + 1);
         let mut paragraph_terms: Vec<Vec<String>> = vec![Vec::new(); paragraph_count];

@@ -9,6 +9,8 @@
 mod cache;
 mod extractive;
 mod identity;
+#[cfg(feature = "local-model")]
+mod memo;
 mod pipeline;
 mod policy;
 #[cfg(feature = "local-model")]
@@ -28,13 +30,13 @@ pub use cache::CompressionCache;
 pub use extractive::Extractive;
 pub use identity::Identity;
 pub use pipeline::{CompressionOutcome, Pipeline, PipelineStats};
-pub use policy::{plan, Piece, Plan, PlanTarget};
+pub use policy::{plan, question_text, question_turn, Piece, Plan, PlanTarget};
 #[cfg(feature = "local-model")]
 pub use prune::Prune;
 #[cfg(feature = "local-model")]
 pub use rewrite::Rewrite;
 #[cfg(feature = "local-model")]
-pub use select::Select;
+pub use select::{Select, DEFAULT_BLEND};
 pub use tokens::Tokenizer;
 pub use truncate::Truncate;
 

@@ -49,6 +49,29 @@ pub fn role_of(message: &Value) -> Option<Role> {
     }
 }
 
+/// The user's question: the index of the latest user message with text. The one definition,
+/// for compression (the query, kept verbatim) and for shadowing (the judge's view). User turns
+/// without text are skipped: in agent loops (Claude Code) the last user turn often carries only
+/// `tool_result` blocks, and the question is the turn that started the loop.
+pub fn question_turn(messages: &[Value]) -> Option<usize> {
+    messages.iter().rposition(|m| {
+        role_of(m) == Some(Role::User) && text_slots(m).iter().any(|(_, t)| !t.trim().is_empty())
+    })
+}
+
+/// The text of the user's question turn ([`question_turn`]), its text parts joined by newlines.
+pub fn question_text(messages: &[Value]) -> String {
+    question_turn(messages)
+        .map(|i| {
+            text_slots(&messages[i])
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 /// The text slots of a message: `(part index, text)`.
 pub fn text_slots(message: &Value) -> Vec<(Option<usize>, &str)> {
     match message.get("content") {
@@ -83,9 +106,7 @@ pub fn plan(
     handles_code: bool,
     tokenizer: Tokenizer,
 ) -> Plan {
-    let last_user = messages
-        .iter()
-        .rposition(|m| role_of(m) == Some(Role::User));
+    let last_user = question_turn(messages);
     let mut out = Plan::default();
     for (index, message) in messages.iter().enumerate() {
         let slots = text_slots(message);
@@ -150,6 +171,41 @@ mod tests {
 
     fn long(word: &str) -> String {
         format!("{word} sentence number one. ").repeat(30)
+    }
+
+    #[test]
+    fn an_agent_loop_is_compressed_against_the_user_turn_that_started_it() {
+        use crate::compress::{CompressInput, Compressor, Extractive};
+        let mut document: Vec<String> = (0..40)
+            .map(|i| format!("Filler fact number {i} concerns the weather in town {i}. "))
+            .collect();
+        document.insert(23, "The Louvre museum is in Paris. ".to_string());
+        let document = document.concat();
+        // The Anthropic view of a Claude Code loop: the last user turn returns a tool result only.
+        let messages = vec![
+            json!({"role": "user", "content": "Where is the Louvre museum?"}),
+            json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "search", "input": {}}]}),
+            json!({"role": "tool", "content": document}),
+            json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "see above"}]}),
+        ];
+        let p = plan(&messages, DEFAULT_ROLES, 50, false, Tokenizer::O200k);
+        assert_eq!(p.query, "Where is the Louvre museum?");
+        assert_eq!(question_text(&messages), "Where is the Louvre museum?");
+        let target = p
+            .targets
+            .iter()
+            .find(|t| t.message == 2)
+            .expect("tool result planned");
+        let text: String = target.pieces.iter().map(|p| p.text.as_str()).collect();
+        let out = Extractive::default()
+            .compress(&CompressInput {
+                text: &text,
+                query: &p.query,
+                target_tokens: 40,
+                tokenizer: Tokenizer::O200k,
+            })
+            .expect("compresses");
+        assert!(out.contains("The Louvre museum is in Paris."), "{out}");
     }
 
     #[test]

@@ -6,15 +6,12 @@
 //! compression or a GPU rather than an inline deadline.
 //!
 //! The scoring pass is the whole cost and does not depend on the target ratio, so the last few
-//! scorings are memoised: the same text pruned to another budget (an eval at two ratios, two
-//! routes sharing a document) costs no second prefill.
+//! scorings are memoised (`memo.rs`).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use xxhash_rust::xxh3::Xxh3;
-
+use super::memo::Memo;
 use super::text::terms;
 use super::{CompressError, CompressInput, Compressor};
 use crate::llm::{LocalModel, TokenSurprisal};
@@ -28,8 +25,7 @@ pub struct Prune {
     model: Arc<LocalModel>,
     /// Longest a request waits for the model (queueing included).
     pub timeout: Duration,
-    /// Most recent first: (hash of prefix and text, the model's scoring).
-    memo: Mutex<VecDeque<(u64, Scoring)>>,
+    memo: Memo<Vec<TokenSurprisal>>,
 }
 
 impl Prune {
@@ -37,38 +33,16 @@ impl Prune {
         Self {
             model,
             timeout,
-            memo: Mutex::new(VecDeque::with_capacity(MEMO_ENTRIES)),
+            memo: Memo::new(MEMO_ENTRIES),
         }
     }
 
     fn score(&self, prefix: &str, text: &str) -> Result<Scoring, CompressError> {
-        let mut hasher = Xxh3::new();
-        hasher.update(prefix.as_bytes());
-        hasher.update(&[0]);
-        hasher.update(text.as_bytes());
-        let key = hasher.digest();
-        if let Some(hit) = self.recall(key) {
-            return Ok(hit);
-        }
-        let scored: Scoring = Arc::new(
+        self.memo.get_or_try(Memo::<()>::key(&[prefix, text]), || {
             self.model
                 .surprisal(prefix, text, self.timeout)
-                .map_err(|e| failed(e.to_string()))?,
-        );
-        if let Ok(mut memo) = self.memo.lock() {
-            if memo.len() == MEMO_ENTRIES {
-                memo.pop_back();
-            }
-            memo.push_front((key, scored.clone()));
-        }
-        Ok(scored)
-    }
-
-    fn recall(&self, key: u64) -> Option<Scoring> {
-        let memo = self.memo.lock().ok()?;
-        memo.iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, scored)| scored.clone())
+                .map_err(|e| failed(e.to_string()))
+        })
     }
 }
 

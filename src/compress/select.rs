@@ -10,20 +10,35 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::extractive::{analyse, render, select};
+use super::extractive::{analyse, render, select, Extractive};
+use super::memo::Memo;
 use super::select_prompt::{windows, SelectVocab};
 use super::truncate::Truncate;
 use super::{CompressError, CompressInput, Compressor};
 use crate::llm::{ClassifyWindow, LocalModel, Vocabulary};
 
+/// Clones share the model, the tokenizer and the memo of scorings: a clone with another blend
+/// costs no second prefill for a text already scored.
+#[derive(Clone)]
 pub struct Select {
     model: Arc<LocalModel>,
-    vocab: Vocabulary,
+    vocab: Arc<Vocabulary>,
     ids: SelectVocab,
     /// Tokens per prefill window (the worker's context).
     window: usize,
     pub timeout: Duration,
+    /// Recent scorings: the same text compressed to another budget costs no second prefill.
+    memo: Arc<Memo<Vec<f32>>>,
+    /// Weight of `extractive`'s ranking blended with the model's (0: the model alone).
+    blend: f64,
 }
+
+/// The blend chosen on the training file's validation split (never on dev data); see the
+/// README's `select` section for the measurements.
+pub const DEFAULT_BLEND: f64 = 0.7;
+
+/// Scorings kept; each is 4 bytes per sentence.
+const MEMO_ENTRIES: usize = 8;
 
 impl Select {
     /// `vocab` must be the tokenizer of `model` (load it from the same GGUF).
@@ -36,15 +51,38 @@ impl Select {
         let ids = SelectVocab::new(&|t: &str| vocab.tokenize(t, false))?;
         Ok(Self {
             model,
-            vocab,
+            vocab: Arc::new(vocab),
             ids,
             window,
             timeout,
+            memo: Arc::new(Memo::new(MEMO_ENTRIES)),
+            blend: DEFAULT_BLEND,
         })
+    }
+
+    /// Remembers the last `entries` scorings (default 8); an offline eval keeps them all.
+    pub fn with_memo_capacity(mut self, entries: usize) -> Self {
+        self.memo = Arc::new(Memo::new(entries));
+        self
+    }
+
+    /// Blends `extractive`'s ranking in with weight `blend` (0–1).
+    pub fn with_blend(mut self, blend: f64) -> Self {
+        self.blend = blend.clamp(0.0, 1.0);
+        self
     }
 
     /// The model's keep score of each sentence of `sentences`, in order.
     pub fn scores(&self, query: &str, sentences: &[&str]) -> Result<Vec<f32>, CompressError> {
+        let mut key = vec![query];
+        key.extend_from_slice(sentences);
+        let scores = self
+            .memo
+            .get_or_try(Memo::<()>::key(&key), || self.score(query, sentences))?;
+        Ok(scores.as_ref().clone())
+    }
+
+    fn score(&self, query: &str, sentences: &[&str]) -> Result<Vec<f32>, CompressError> {
         let laid = windows(
             &|t: &str| self.vocab.tokenize(t, true),
             &|t: &str| self.vocab.tokenize(t, false),
@@ -103,15 +141,38 @@ impl Compressor for Select {
             return Ok(text.to_string());
         }
         let texts: Vec<&str> = sentences.iter().map(|s| &text[s.span.clone()]).collect();
-        let scores: Vec<f64> = self
+        let model: Vec<f64> = self
             .scores(input.query, &texts)?
             .into_iter()
             .map(f64::from)
             .collect();
+        let scores = if self.blend > 0.0 {
+            let lexical = Extractive::default().score(&sentences, input.query);
+            let (model, lexical) = (ranks(&model), ranks(&lexical));
+            model
+                .iter()
+                .zip(&lexical)
+                .map(|(m, l)| (1.0 - self.blend) * m + self.blend * l)
+                .collect()
+        } else {
+            model
+        };
         let kept = select(&sentences, &scores, input.target_tokens);
         if kept.is_empty() {
             return Truncate.compress(input);
         }
         Ok(render(text, &sentences, &kept))
     }
+}
+
+/// Each score's rank as a fraction in [0, 1] (1 = best): puts two scales on one footing.
+fn ranks(scores: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)));
+    let top = scores.len().saturating_sub(1).max(1) as f64;
+    let mut out = vec![0.0; scores.len()];
+    for (rank, i) in order.into_iter().enumerate() {
+        out[i] = rank as f64 / top;
+    }
+    out
 }

@@ -53,6 +53,8 @@ pub struct RawLocalModel {
     pub lora_scale: f32,
     /// `rewrite` only: the compressor used when the model's output is unusable.
     pub fallback: Option<CompressorKind>,
+    /// `select` only: weight (0–1) of `extractive`'s ranking blended with the model's.
+    pub blend: Option<f64>,
 }
 
 fn default_lora_scale() -> f32 {

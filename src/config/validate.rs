@@ -40,6 +40,8 @@ pub struct LocalModelSettings {
     pub gpu_layers: u32,
     pub lora: Option<(std::path::PathBuf, f32)>,
     pub fallback: Option<CompressorKind>,
+    /// `select` only: weight of `extractive`'s ranking in the blend.
+    pub blend: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +297,14 @@ fn validate_local_model(
             "only `rewrite` takes a fallback, and it must be identity, truncate or extractive",
         ));
     }
+    if let Some(blend) = raw.blend {
+        if name != "select" || !(0.0..=1.0).contains(&blend) {
+            return Err(ConfigError::invalid(
+                key("blend"),
+                "only `select` takes a blend, a weight from 0 to 1",
+            ));
+        }
+    }
     if !(raw.lora_scale.is_finite() && raw.lora_scale >= 0.0) {
         return Err(ConfigError::invalid(key("lora_scale"), "must be >= 0"));
     }
@@ -329,6 +339,7 @@ fn validate_local_model(
         gpu_layers: raw.gpu_layers,
         lora: raw.lora.clone().map(|p| (p.into(), raw.lora_scale)),
         fallback: raw.fallback,
+        blend: raw.blend,
     })
 }
 

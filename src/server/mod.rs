@@ -102,11 +102,16 @@ impl AppState {
 /// registers their compressors.
 #[cfg(feature = "local-model")]
 fn with_local_models(mut pipeline: Pipeline, config: &Config) -> Result<Pipeline, String> {
+    use crate::compress::select_prompt::WINDOW_TOKENS;
     use crate::compress::{build, Prune, Rewrite, Select};
     use crate::config::{CompressorKind, LocalModelSettings};
     use crate::llm::{LocalModel, LocalModelConfig, Vocabulary};
     use std::time::Duration;
     let load = |name: &str, settings: &LocalModelSettings| {
+        if let Some((adapter, _)) = &settings.lora {
+            crate::adapters::check_lora(&settings.model, adapter)
+                .map_err(|e| format!("compressors.{name}.lora: {e}"))?;
+        }
         let model = LocalModel::load(&LocalModelConfig {
             path: settings.model.clone(),
             lora: settings.lora.clone(),
@@ -145,10 +150,11 @@ fn with_local_models(mut pipeline: Pipeline, config: &Config) -> Result<Pipeline
         let select = Select::new(
             load("select", settings)?,
             vocab,
-            settings.context as usize,
+            WINDOW_TOKENS.min(settings.context as usize),
             Duration::from_millis(settings.timeout_ms),
         )
-        .map_err(|e| format!("compressors.select: {e}"))?;
+        .map_err(|e| format!("compressors.select: {e}"))?
+        .with_blend(settings.blend.unwrap_or(crate::compress::DEFAULT_BLEND));
         pipeline = pipeline.with_compressor(CompressorKind::Select, Arc::new(select));
     }
     Ok(pipeline)

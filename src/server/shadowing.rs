@@ -20,26 +20,10 @@ use crate::openai::ChatRequest;
 use crate::providers::anthropic::API_VERSION;
 use crate::shadow::{LegAnswer, LegHandle, Shadow};
 
-/// The latest user text: the judge's view of the request, and its domain. User turns without
-/// text are skipped — in agent loops (Claude Code) the last user turn often carries only
-/// `tool_result` blocks, and the question is the turn that started the loop.
+/// The latest user text: the judge's view of the request, and its domain — the same question
+/// compression uses (`compress::question_text`).
 pub(super) fn last_user_text(messages: &[Value]) -> String {
-    let text_of = |content: &Value| match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    };
-    messages
-        .iter()
-        .rev()
-        .filter(|m| m["role"] == "user")
-        .map(|m| text_of(&m["content"]))
-        .find(|text| !text.trim().is_empty())
-        .unwrap_or_default()
+    crate::compress::question_text(messages)
 }
 
 /// Which front door a sampled request came through: it decides how its legs are encoded and how

@@ -188,3 +188,37 @@ pub fn long_document() -> String {
     }
     doc
 }
+
+/// The first HotPotQA dev examples of ../shared/data: (paragraphs as text, question).
+pub fn hotpotqa(n: usize) -> Vec<(String, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/hotpotqa-dev-500.jsonl"
+    );
+    let text = std::fs::read_to_string(path).expect("../shared/data/hotpotqa-dev-500.jsonl");
+    text.lines()
+        .take(n)
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            let context = v["context"]
+                .as_array()
+                .expect("context")
+                .iter()
+                .map(|p| {
+                    let sentences: String = p[1]
+                        .as_array()
+                        .expect("sentences")
+                        .iter()
+                        .filter_map(|s| s.as_str())
+                        .collect();
+                    format!("{}\n{sentences}", p[0].as_str().unwrap_or_default())
+                })
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            (
+                context,
+                v["question"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}

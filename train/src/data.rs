@@ -199,14 +199,14 @@ pub fn squad(path: &Path) -> anyhow::Result<(Vec<Example>, usize)> {
             let Some(a) = qa.answers.first() else {
                 continue;
             };
-            let gold = [a.answer_start..a.answer_start + a.text.len()];
+            let answer = a.answer_start..a.answer_start + a.text.len();
             let e = labelled(
                 qa.id.clone(),
                 "squad",
                 qa.question.clone(),
                 a.text.clone(),
                 &p.context,
-                &gold,
+                std::slice::from_ref(&answer),
             );
             match e {
                 Some(e) => out.push(e),

@@ -14,7 +14,16 @@ use serde::{Deserialize, Serialize};
 
 use condenser::adapters::{write_lora, LoraPair};
 
-use crate::lora::{TrainConfig, TrainState, BEST, CONFIG_FILE, STATE_FILE};
+use crate::lora::{TrainConfig, TrainState, ValScores, BEST, CONFIG_FILE, LAST, STATE_FILE};
+
+/// Which of a run's checkpoints to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// The highest validation recall.
+    Best,
+    /// The last validation.
+    Last,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ManifestEntry {
@@ -29,8 +38,9 @@ pub struct ManifestEntry {
     pub targets: Vec<String>,
     pub data: String,
     pub seed: u64,
+    /// Steps trained in the run, and the step of the exported checkpoint.
     pub steps: usize,
-    pub best_step: usize,
+    pub checkpoint_step: usize,
     pub val_loss: f64,
     pub val_recall_at_third: f64,
     #[serde(default)]
@@ -59,13 +69,23 @@ pub fn sha256(path: &Path) -> anyhow::Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-pub fn export(run: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result<ManifestEntry> {
+pub fn export(
+    run: &Path,
+    checkpoint: Checkpoint,
+    out: &Path,
+    manifest: Option<&Path>,
+) -> anyhow::Result<ManifestEntry> {
     let cfg: TrainConfig = serde_json::from_slice(
         &std::fs::read(run.join(CONFIG_FILE))
             .with_context(|| format!("{}: not a training run", run.display()))?,
     )?;
     let state: TrainState = serde_json::from_slice(&std::fs::read(run.join(STATE_FILE))?)?;
-    let tensors = candle_core::safetensors::load(run.join(BEST), &Device::Cpu)?;
+    let (file, step, val): (&str, usize, Option<ValScores>) = match checkpoint {
+        Checkpoint::Best => (BEST, state.best_step, state.best),
+        Checkpoint::Last => (LAST, state.step, state.last_val),
+    };
+    let val = val.context("the run has no validation yet")?;
+    let tensors = candle_core::safetensors::load(run.join(file), &Device::Cpu)?;
     let mut names: Vec<&String> = tensors.keys().filter(|n| n.ends_with(".lora_a")).collect();
     names.sort();
     let mut pairs = Vec::with_capacity(names.len());
@@ -87,7 +107,6 @@ pub fn export(run: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result
         });
     }
     write_lora(out, "llama", cfg.alpha as f32, &pairs)?;
-    let val = state.last_val.context("the run has no validation yet")?;
     let entry = ManifestEntry {
         file: out
             .file_name()
@@ -105,11 +124,14 @@ pub fn export(run: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result
         alpha: cfg.alpha,
         layers: cfg.layers,
         targets: cfg.targets.clone(),
-        data: cfg.data.display().to_string(),
+        data: match cfg.limit {
+            Some(n) => format!("{} (first {n} training examples)", cfg.data.display()),
+            None => cfg.data.display().to_string(),
+        },
         seed: cfg.seed,
         steps: state.step,
-        best_step: state.best_step,
-        val_loss: state.best_val_loss.unwrap_or(val.loss),
+        checkpoint_step: step,
+        val_loss: val.loss,
         val_recall_at_third: val.recall_at_third,
         eval: toml::Table::new(),
     };

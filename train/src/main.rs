@@ -39,60 +39,11 @@ enum Command {
     },
     /// Trains a LoRA adapter on the top blocks of the base model.
     Lora {
-        #[arg(long, default_value = "adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf")]
-        base: PathBuf,
-        /// The folder `data` wrote.
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        config: lora::TrainConfig,
         /// Run folder: config, checkpoints, cache.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "select")]
-        objective: String,
-        #[arg(long, default_value_t = 8)]
-        rank: usize,
-        #[arg(long, default_value_t = 16.0)]
-        alpha: f64,
-        /// LoRA on this many top blocks; the blocks below are frozen and cached.
-        #[arg(long, default_value_t = 4)]
-        layers: usize,
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down"
-        )]
-        targets: Vec<String>,
-        #[arg(long, default_value_t = 0.05)]
-        dropout: f32,
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        #[arg(long, default_value_t = 0.01)]
-        weight_decay: f64,
-        #[arg(long, default_value_t = 10)]
-        warmup: usize,
-        #[arg(long, default_value_t = 1)]
-        epochs: usize,
-        /// Sequences per optimizer step (gradient accumulation).
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// Tokens per prompt window.
-        #[arg(long, default_value_t = 2048)]
-        max_tokens: usize,
-        /// Train on the first N training examples only (the shipped adapter: 400, what two
-        /// CPU cores cache and train in about an hour).
-        #[arg(long, default_value = "400")]
-        limit: Option<usize>,
-        #[arg(long, default_value_t = 32)]
-        val_limit: usize,
-        #[arg(long, default_value_t = 20)]
-        val_every: usize,
-        #[arg(long, default_value_t = 4)]
-        patience: usize,
-        /// Weight of keep labels in the loss.
-        #[arg(long, default_value_t = 3.0)]
-        positive_weight: f32,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
         /// Continue the run in `--out` from its last checkpoint.
         #[arg(long)]
         resume: bool,
@@ -101,6 +52,9 @@ enum Command {
     Export {
         #[arg(long)]
         run: PathBuf,
+        /// `best` (highest validation recall) or `last`.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value = "adapters/manifest.toml")]
@@ -121,7 +75,21 @@ enum Command {
     },
 }
 
+/// candle allocates a fresh buffer for every tensor op; glibc returns large freed buffers to
+/// the kernel and page-faults new ones in, which took about half of the training time in the
+/// kernel on this machine. Keeping freed memory in the heap avoids that.
+fn keep_freed_memory_in_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    keep_freed_memory_in_the_heap();
     match Cli::parse().command {
         Command::Data {
             hotpotqa,
@@ -155,59 +123,31 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Command::Lora {
-            base,
-            data,
+            mut config,
             out,
-            objective,
-            rank,
-            alpha,
-            layers,
-            targets,
-            dropout,
-            lr,
-            weight_decay,
-            warmup,
-            epochs,
-            batch,
-            max_tokens,
-            limit,
-            val_limit,
-            val_every,
-            patience,
-            positive_weight,
-            seed,
             resume,
         } => {
-            let cfg = lora::TrainConfig {
-                base,
-                data,
-                objective,
-                rank,
-                alpha,
-                layers,
-                targets,
-                dropout,
-                lr,
-                weight_decay,
-                warmup,
-                epochs,
-                batch: batch.max(1),
-                max_tokens,
-                limit,
-                val_limit,
-                val_every: val_every.max(1),
-                patience: patience.max(1),
-                positive_weight,
-                seed,
-            };
-            let state = lora::train(cfg, &out, resume)?;
+            config.batch = config.batch.max(1);
+            config.val_every = config.val_every.max(1);
+            config.patience = config.patience.max(1);
+            let state = lora::train(config, &out, resume)?;
             eprintln!(
-                "done at step {}: best validation loss {:?} at step {}",
-                state.step, state.best_val_loss, state.best_step
+                "done at step {}: best validation {:?} at step {}",
+                state.step, state.best, state.best_step
             );
         }
-        Command::Export { run, out, manifest } => {
-            let entry = export::export(&run, &out, Some(&manifest))?;
+        Command::Export {
+            run,
+            checkpoint,
+            out,
+            manifest,
+        } => {
+            let checkpoint = match checkpoint.as_str() {
+                "best" => export::Checkpoint::Best,
+                "last" => export::Checkpoint::Last,
+                other => anyhow::bail!("--checkpoint {other}: use best or last"),
+            };
+            let entry = export::export(&run, checkpoint, &out, Some(&manifest))?;
             eprintln!(
                 "wrote {} ({}), recorded in {}",
                 out.display(),

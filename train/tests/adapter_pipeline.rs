@@ -140,22 +140,26 @@ fn a_trained_adapter_loads_in_llama_cpp_changes_select_and_merges() {
         layers: 2,
         targets: vec!["attn_q".into(), "attn_v".into(), "ffn_down".into()],
         dropout: 0.0,
-        lr: 3e-3,
+        lr: 1e-2,
         weight_decay: 0.0,
         warmup: 1,
-        epochs: 4,
+        epochs: 12,
         batch: 3,
         max_tokens: 256,
         limit: None,
         val_limit: 3,
         val_every: 1,
-        patience: 10,
+        patience: 20,
         positive_weight: 2.0,
         seed: 3,
     };
     let state = train(cfg, &run, false).expect("trains");
     let first = state.history.first().expect("validated").2;
-    let best = state.best_val_loss.expect("best");
+    let best = state
+        .history
+        .iter()
+        .map(|h| h.2)
+        .fold(f64::INFINITY, f64::min);
     assert!(
         best < first * 0.9,
         "loss on the fixed batch: first {first}, best {best}"
@@ -163,7 +167,8 @@ fn a_trained_adapter_loads_in_llama_cpp_changes_select_and_merges() {
 
     let adapter = dir.path().join("select-test.gguf");
     let manifest = dir.path().join("manifest.toml");
-    let entry = export::export(&run, &adapter, Some(&manifest)).expect("exports");
+    let entry =
+        export::export(&run, export::Checkpoint::Last, &adapter, Some(&manifest)).expect("exports");
     assert_eq!(entry.rank, 4);
     assert!(std::fs::read_to_string(&manifest)
         .expect("manifest")
@@ -196,7 +201,7 @@ fn a_trained_adapter_loads_in_llama_cpp_changes_select_and_merges() {
         .expect("merged scores");
     for (a, b) in adapted.iter().zip(&folded) {
         assert!(
-            (a - b).abs() < 0.1,
+            (a - b).abs() < 0.1 + 0.05 * a.abs(),
             "merged {folded:?} vs base + adapter {adapted:?}"
         );
     }
