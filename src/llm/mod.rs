@@ -319,55 +319,53 @@ fn run_worker(
                 prefix,
                 text,
                 reply,
-            } => {
-                let result = if late {
-                    Err(LlmError::Deadline)
-                } else {
-                    // Scoring windows overwrite the KV cache.
-                    cached.forget(&mut ctx);
-                    score::surprisal(model, &mut ctx, &prefix, &text, job.deadline)
-                };
-                // Counted before replying, so a caller that has its answer sees it counted.
-                stats.served.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(result);
-            }
+            } => answer(late, stats, &reply, || {
+                // Scoring windows overwrite the KV cache.
+                cached.forget(&mut ctx);
+                score::surprisal(model, &mut ctx, &prefix, &text, job.deadline)
+            }),
             Task::Generate {
                 turns,
                 max_tokens,
                 reply,
-            } => {
+            } => answer(late, stats, &reply, || {
                 if !config.reuse_prompt_prefix {
                     cached.forget(&mut ctx);
                 }
-                let result = if late {
-                    Err(LlmError::Deadline)
-                } else {
-                    generate::complete(
-                        model,
-                        &mut ctx,
-                        &mut cached,
-                        &turns,
-                        max_tokens,
-                        job.deadline,
-                    )
-                };
-                stats.served.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(result);
-            }
+                generate::complete(
+                    model,
+                    &mut ctx,
+                    &mut cached,
+                    &turns,
+                    max_tokens,
+                    job.deadline,
+                )
+            }),
             Task::Classify {
                 windows,
                 pair,
                 reply,
-            } => {
-                let result = if late {
-                    Err(LlmError::Deadline)
-                } else {
-                    cached.forget(&mut ctx);
-                    classify::keep_scores(&mut ctx, &windows, pair, job.deadline)
-                };
-                stats.served.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(result);
-            }
+            } => answer(late, stats, &reply, || {
+                cached.forget(&mut ctx);
+                classify::keep_scores(&mut ctx, &windows, pair, job.deadline)
+            }),
         }
     }
+}
+
+/// Runs a job unless it is already late, counts it, and replies. Counted before replying, so a
+/// caller that has its answer sees it counted.
+fn answer<T>(
+    late: bool,
+    stats: &LocalModelStats,
+    reply: &SyncSender<Result<T, LlmError>>,
+    work: impl FnOnce() -> Result<T, LlmError>,
+) {
+    let result = if late {
+        Err(LlmError::Deadline)
+    } else {
+        work()
+    };
+    stats.served.fetch_add(1, Ordering::Relaxed);
+    let _ = reply.send(result);
 }
