@@ -1,7 +1,9 @@
 //! `select`: learned sentence selection. The local model (the GGUF base with a LoRA adapter
 //! trained by `condenser-train`) reads the question, then the text one sentence per line, and
 //! scores every sentence in the same prefill pass: the keep − drop logit difference at the
-//! newline that ends it (`select_prompt` owns the layout, shared with training). The best
+//! newline that ends it (`select_prompt` owns the layout, shared with training). The model's
+//! ranking is blended with `extractive`'s (`blend`, rank-normalised: the adapter alone ranks
+//! below BM25 but sees what BM25 misses, and the blend beats both — README). The best
 //! sentences that fit the budget are kept in their original order, exactly as `extractive`
 //! keeps them (same splitter, same packing, same rendering), so the policy's guarantees hold:
 //! the question is never given to it, code fences stay whole, the output is deterministic.
@@ -24,7 +26,7 @@ pub struct Select {
     model: Arc<LocalModel>,
     vocab: Arc<Vocabulary>,
     ids: SelectVocab,
-    /// Tokens per prefill window (the worker's context).
+    /// Tokens per prefill window (`select_prompt::WINDOW_TOKENS`, as in training).
     window: usize,
     pub timeout: Duration,
     /// Recent scorings: the same text compressed to another budget costs no second prefill.
