@@ -1,6 +1,8 @@
 //! Incremental Server-Sent Events parser: bytes in, complete events out. Upstream chunks can end
 //! anywhere (mid-line, mid-event, between `\r` and `\n`), so partial events are buffered until
-//! their terminating blank line arrives.
+//! their terminating blank line arrives. Line ends are normalised as bytes arrive (`\r\n`, bare
+//! `\r` and `\n` all end a line, as the SSE spec says), and each feed scans only the bytes it has
+//! not scanned before, so a long event costs linear time however finely it is chunked.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
@@ -10,16 +12,43 @@ pub struct SseEvent {
 
 #[derive(Debug, Default)]
 pub struct SseParser {
+    /// Received bytes after the last complete event, line ends normalised to `\n`.
     buffer: Vec<u8>,
+    /// How much of `buffer` is known to hold no blank line.
+    scanned: usize,
+    /// The last byte was a `\r`: a `\n` right after it belongs to the same line end.
+    after_cr: bool,
 }
 
 impl SseParser {
     /// Feeds one chunk; returns the events it completed.
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buffer.extend_from_slice(chunk);
+        self.buffer.reserve(chunk.len());
+        for &byte in chunk {
+            if std::mem::take(&mut self.after_cr) && byte == b'\n' {
+                continue;
+            }
+            if byte == b'\r' {
+                self.after_cr = true;
+                self.buffer.push(b'\n');
+            } else {
+                self.buffer.push(byte);
+            }
+        }
         let mut events = Vec::new();
-        while let Some((end, skip)) = find_event_end(&self.buffer) {
-            let raw: Vec<u8> = self.buffer.drain(..end + skip).take(end).collect();
+        loop {
+            // A blank line may straddle the previous scan's end by one byte.
+            let from = self.scanned.saturating_sub(1);
+            let Some(at) = self.buffer[from..]
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|p| from + p)
+            else {
+                self.scanned = self.buffer.len();
+                break;
+            };
+            let raw: Vec<u8> = self.buffer.drain(..at + 2).take(at).collect();
+            self.scanned = 0;
             if let Some(event) = parse_event(&String::from_utf8_lossy(&raw)) {
                 events.push(event);
             }
@@ -33,28 +62,10 @@ impl SseParser {
     }
 }
 
-/// Position of the first blank line and the length of the separator.
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, 3));
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
 fn parse_event(raw: &str) -> Option<SseEvent> {
     let mut event = None;
     let mut data: Vec<&str> = Vec::new();
     for line in raw.lines() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() || line.starts_with(':') {
             continue;
         }
@@ -99,6 +110,33 @@ mod tests {
             assert_eq!(events[2].data, "line1\nline2");
             assert!(parser.pending().is_empty());
         }
+    }
+
+    #[test]
+    fn bare_carriage_returns_end_lines_and_events() {
+        let stream = b"event: a\rdata: 1\r\rdata: 2\r\n\r\ndata: 3\n\n";
+        for split in 1..stream.len() {
+            let mut parser = SseParser::default();
+            let mut events = parser.feed(&stream[..split]);
+            events.extend(parser.feed(&stream[split..]));
+            let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+            assert_eq!(data, ["1", "2", "3"], "split at {split}");
+            assert_eq!(events[0].event.as_deref(), Some("a"));
+        }
+    }
+
+    #[test]
+    fn a_long_event_fed_byte_by_byte_arrives_whole() {
+        let payload = "x".repeat(200_000);
+        let stream = format!("data: {payload}\n\n");
+        let mut parser = SseParser::default();
+        let mut events = Vec::new();
+        for byte in stream.as_bytes().chunks(1) {
+            events.extend(parser.feed(byte));
+        }
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data.len(), payload.len());
+        assert!(parser.pending().is_empty());
     }
 
     #[test]
