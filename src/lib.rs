@@ -15,3 +15,4 @@ pub mod providers;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+pub mod text;

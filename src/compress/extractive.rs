@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 
-use super::text::{sentences, terms};
 use super::truncate::Truncate;
 use super::{CompressError, CompressInput, Compressor};
+use crate::text::{sentences, terms};
 
 #[derive(Debug, Clone)]
 pub struct Extractive {

@@ -20,7 +20,6 @@ mod rewrite;
 #[cfg(feature = "local-model")]
 mod select;
 pub mod select_prompt;
-pub mod text;
 mod tokens;
 mod truncate;
 

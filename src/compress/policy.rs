@@ -10,9 +10,9 @@
 
 use serde_json::Value;
 
-use super::text::{final_paragraph_start, sentences, split_code_fences};
 use super::Tokenizer;
 use crate::config::Role;
+use crate::text::{final_paragraph_start, sentences, split_code_fences};
 
 /// One span of a message's text after planning.
 #[derive(Debug, Clone, PartialEq)]

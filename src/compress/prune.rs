@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::memo::Memo;
-use super::text::terms;
 use super::{CompressError, CompressInput, Compressor};
 use crate::llm::{LocalModel, TokenSurprisal};
+use crate::text::terms;
 
 /// Scorings kept; each is a few bytes per token of text.
 const MEMO_ENTRIES: usize = 8;

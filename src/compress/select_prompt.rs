@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use super::text::sentences;
+use crate::text::sentences;
 
 /// Put before the text; the question is what the model scores relevance against.
 pub fn prefix(question: &str) -> String {

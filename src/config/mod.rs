@@ -13,7 +13,7 @@ pub use raw::{
     CompressorKind, RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer,
     RawUpstream, Role,
 };
-pub use shadow::{Leg, RawPrice, Rollout, RouteShadow, ShadowSettings};
+pub use shadow::{Leg, RawPrice, Rollout, RouteShadow, ShadowSettings, Thresholds};
 pub use validate::{
     CompressionSettings, Config, LocalModelSettings, Route, ServerSettings, UpstreamSettings,
 };

@@ -4,10 +4,27 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use crate::equivalence::Thresholds;
+
+/// Each equivalence gate's pass threshold (plain data: the gates in `equivalence` read it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub embedding: f32,
+    pub facts: f32,
+    pub judge: f32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            embedding: 0.60,
+            facts: 0.55,
+            judge: 0.75,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,7 +3,7 @@
 //! words) — and the share of them the other answer also states. Deterministic and free, so it
 //! runs on every sample; it catches the failure the embedding gate is blind to, a changed number.
 
-use crate::compress::text::terms;
+use crate::text::terms;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FactKind {

@@ -17,22 +17,8 @@ pub use answer::Answer;
 pub use embedding::Embedder;
 pub use judge::JudgeVerdict;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Thresholds {
-    pub embedding: f32,
-    pub facts: f32,
-    pub judge: f32,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Self {
-            embedding: 0.60,
-            facts: 0.55,
-            judge: 0.75,
-        }
-    }
-}
+/// The pass thresholds are configuration, plain data held by `config`.
+pub use crate::config::Thresholds;
 
 /// What each gate measured; `None` where a gate did not run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
-//! Text segmentation shared by the compressors and the policy: fenced code blocks, paragraphs,
-//! sentences and search terms. Byte spans into the original text, so nothing is re-encoded.
+//! Text segmentation shared by the compressors, their policy and the equivalence gates: fenced
+//! code blocks, paragraphs, sentences and search terms. Byte spans into the original text, so
+//! nothing is re-encoded. Top level so that neither user depends on the other.
 
 use std::ops::Range;
 
