@@ -5,6 +5,23 @@ use candle_core::{Device, Tensor, Var};
 use super::*;
 use crate::tiny;
 
+/// Largest absolute element-wise difference of two tensors.
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("difference")
+}
+
+/// Gradients of Σ t² (a loss that reaches every element of `t`).
+fn squared_sum_grads(t: &Tensor) -> candle_core::backprop::GradStore {
+    t.sqr()
+        .and_then(|s| s.sum_all())
+        .and_then(|s| s.backward())
+        .expect("backward")
+}
+
 fn tiny_model(dir: &tempfile::TempDir) -> Model {
     let path = dir.path().join("tiny.gguf");
     tiny::write(&path, None, 1).expect("tiny gguf");
@@ -38,16 +55,8 @@ fn a_lora_linear_computes_the_merged_weight() {
     let expected = x.matmul(&merged.t().expect("t")).expect("xw");
     for train in [None, Some(0.0)] {
         let got = linear.forward(&x, train).expect("forward");
-        let diff = (got - &expected)
-            .expect("d")
-            .abs()
-            .expect("a")
-            .max_all()
-            .expect("m");
-        assert!(
-            diff.to_scalar::<f32>().expect("f") < 1e-4,
-            "train {train:?}"
-        );
+        let diff = max_diff(&got, &expected);
+        assert!(diff < 1e-4, "train {train:?}");
     }
 }
 
@@ -107,33 +116,16 @@ fn frozen_linear_backward_is_the_input_gradient_of_a_matmul() {
         .apply_op1(FrozenLinear { weight: w.clone() })
         .expect("op");
     let plain = x.as_tensor().matmul(&w.t().expect("t")).expect("mm");
-    let diff = (&frozen - &plain)
-        .expect("d")
-        .abs()
-        .expect("a")
-        .max_all()
-        .expect("m");
-    assert!(diff.to_scalar::<f32>().expect("f") < 1e-5);
-    let gf = frozen
-        .sqr()
-        .expect("s")
-        .sum_all()
-        .expect("s")
-        .backward()
-        .expect("b");
-    let gp = plain
-        .sqr()
-        .expect("s")
-        .sum_all()
-        .expect("s")
-        .backward()
-        .expect("b");
+    let diff = max_diff(&frozen, &plain);
+    assert!(diff < 1e-5);
+    let gf = squared_sum_grads(&frozen);
+    let gp = squared_sum_grads(&plain);
     let (a, b) = (
         gf.get(x.as_tensor()).expect("ga"),
         gp.get(x.as_tensor()).expect("gb"),
     );
-    let diff = (a - b).expect("d").abs().expect("a").max_all().expect("m");
-    assert!(diff.to_scalar::<f32>().expect("f") < 1e-4);
+    let diff = max_diff(a, b);
+    assert!(diff < 1e-4);
 }
 
 #[test]
@@ -145,11 +137,6 @@ fn the_training_graph_computes_what_the_fused_forward_computes() {
     let composed = model
         .blocks(&x, 0..tiny::LAYERS, Some(0.0))
         .expect("composed");
-    let diff = (fused - composed)
-        .expect("d")
-        .abs()
-        .expect("a")
-        .max_all()
-        .expect("m");
-    assert!(diff.to_scalar::<f32>().expect("f") < 1e-3);
+    let diff = max_diff(&fused, &composed);
+    assert!(diff < 1e-3);
 }
