@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use condenser::equivalence::{Answer, Embedder, Scorer, Thresholds};
+use condenser::equivalence::{Answer, Embedder, GateParts, Scorer, Thresholds};
 
 fn answer(text: String) -> Answer {
     Answer {
@@ -20,11 +20,11 @@ async fn main() -> anyhow::Result<()> {
     let embedder = Arc::new(Embedder::load(std::path::Path::new(
         "models/all-MiniLM-L6-v2",
     ))?);
-    let scorer = Scorer {
+    let parts = GateParts {
         embedder: Some(embedder),
         judge: None,
-        thresholds: Thresholds::default(),
     };
+    let scorer = Scorer::new(&parts, Thresholds::default());
     // Typical chat answers: two to four sentences with numbers and names.
     let reference = |i: usize| {
         format!(

@@ -16,7 +16,10 @@ pub enum ProxyError {
     NoRoute(String),
     #[error("unknown route `{0}` in x-condenser-route")]
     UnknownRoute(String),
-    #[error("unknown compressor `{0}` in x-condenser-compress")]
+    #[error(
+        "unknown compressor `{0}` in x-condenser-compress (on, off, or one of: {names})",
+        names = crate::compress::registry::names().join(", ")
+    )]
     UnknownCompressor(String),
     #[error("no such endpoint: {method} {path}")]
     NotFound { method: String, path: String },

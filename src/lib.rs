@@ -3,13 +3,13 @@
 //! The library holds everything but the command line, so `condenser-eval` and the training
 //! binary reuse the same configuration, compressors and wire types as the proxy.
 
-pub mod adapters;
 pub mod compress;
 pub mod config;
 pub mod equivalence;
 pub mod error;
 #[cfg(feature = "local-model")]
 pub mod llm;
+pub mod lora;
 pub mod openai;
 pub mod providers;
 pub mod routing;

@@ -91,14 +91,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     // Adapters are checked against their base model here, not only when llama.cpp loads them.
-    for (name, settings) in [
-        ("prune", &cfg.prune),
-        ("rewrite", &cfg.rewrite),
-        ("select", &cfg.select),
-    ] {
-        let Some(settings) = settings else { continue };
+    for (name, settings) in &cfg.compressors {
         if let Some((adapter, _)) = &settings.lora {
-            condenser::adapters::check_lora(&settings.model, adapter)
+            condenser::lora::check_lora(&settings.model, adapter)
                 .with_context(|| format!("compressors.{name}.lora"))?;
         }
     }
@@ -107,6 +102,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         path.display(),
         cfg.upstreams.len(),
         cfg.routes.len()
+    );
+    let compressors: Vec<String> = condenser::compress::COMPRESSORS
+        .iter()
+        .map(
+            |spec| match (spec.needs_model(), cfg.compressors.contains_key(spec.name)) {
+                (false, _) => spec.name.to_string(),
+                (true, true) => format!("{} (model configured)", spec.name),
+                (true, false) => format!("{} (needs [compressors.{}])", spec.name, spec.name),
+            },
+        )
+        .collect();
+    println!("compressors: {}", compressors.join(", "));
+    println!(
+        "equivalence gates: {}",
+        condenser::equivalence::gate_names().join(", ")
     );
     Ok(())
 }

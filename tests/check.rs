@@ -122,7 +122,7 @@ fn a_mismatched_adapter_is_refused_naming_the_file() {
         "/adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf"
     );
     let wrong = dir.path().join("wrong-rank.gguf");
-    let pair = condenser::adapters::LoraPair {
+    let pair = condenser::lora::LoraPair {
         weight: "blk.0.attn_q.weight".into(),
         n_in: 100,
         n_out: 576,
@@ -130,7 +130,7 @@ fn a_mismatched_adapter_is_refused_naming_the_file() {
         a: vec![0.0; 400],
         b: vec![0.0; 4 * 576],
     };
-    condenser::adapters::write_lora(&wrong, "llama", 8.0, &[pair]).expect("write");
+    condenser::lora::write_lora(&wrong, "llama", 8.0, &[pair]).expect("write");
     let corrupt = dir.path().join("corrupt.gguf");
     std::fs::write(&corrupt, b"GGUF but not really").expect("write");
     for adapter in [&wrong, &corrupt] {

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 mod common;
 
-use condenser::adapters::{write_lora, LoraPair};
 use condenser::compress::{CompressInput, Compressor, Extractive, Prune, Rewrite, Tokenizer};
 use condenser::llm::{ChatTurn, LlmError, LocalModel, LocalModelConfig};
+use condenser::lora::{write_lora, LoraPair};
 
 fn model_path() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -148,15 +148,15 @@ pub async fn run(pairs: &[Pair], scorer: &Scorer) -> Vec<EquivalenceRow> {
         for gate in failed {
             *row.failures.entry(gate).or_default() += 1;
         }
-        if let Some(e) = scores.embedding {
+        if let Some(e) = scores.score("embedding") {
             row.embedding_sum += f64::from(e);
             row.embedding_n += 1;
         }
-        if let Some(f) = scores.facts {
+        if let Some(f) = scores.score("facts") {
             row.facts_sum += f64::from(f);
             row.facts_n += 1;
         }
-        if let Some(error) = &scores.judge_error {
+        if let Some(error) = scores.errors.get("judge") {
             // The first few, so a judge model that cannot follow the rubric shows why.
             if unreadable_shown < 3 {
                 bar.suspend(|| eprintln!("judge reply unreadable: {error}"));
@@ -217,7 +217,7 @@ pub fn markdown(rows: &[EquivalenceRow], judged: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use condenser::equivalence::Thresholds;
+    use condenser::equivalence::{GateParts, Thresholds};
 
     fn row(id: &str, compressor: &str, answer: &str) -> AnswerRow {
         let ratio = if compressor == "identity" { 1.0 } else { 0.35 };
@@ -234,11 +234,7 @@ mod tests {
         ];
         let pairs = pairs_from_runs(&rows, &[]);
         assert_eq!(pairs.len(), 2);
-        let scorer = Scorer {
-            embedder: None,
-            judge: None,
-            thresholds: Thresholds::default(),
-        };
+        let scorer = Scorer::new(&GateParts::default(), Thresholds::default());
         let table = run(&pairs, &scorer).await;
         let by = |c: &str| table.iter().find(|r| r.compressor == c).expect("row");
         assert_eq!(by("truncate").passed, 1);
@@ -266,11 +262,11 @@ mod tests {
             row("a", "identity", "Opened in 1889 in Paris"),
             row("a", "truncate", "Opened in 1889 in Paris"),
         ];
-        let scorer = Scorer {
+        let parts = GateParts {
             embedder: None,
             judge: Some(Arc::new(Chatty)),
-            thresholds: Thresholds::default(),
         };
+        let scorer = Scorer::new(&parts, Thresholds::default());
         let table = run(&pairs_from_runs(&rows, &[]), &scorer).await;
         assert_eq!((table[0].passed, table[0].judge_unreadable), (0, 1));
         assert!(

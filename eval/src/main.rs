@@ -17,11 +17,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
+use condenser::compress::registry::{self, Builder, ModelParts};
 use condenser::compress::{
-    build, kind_from_name, Compressor, Extractive, Prune, Rewrite, Select, Tokenizer,
+    Compressor, CompressorKind, Extractive, ModelSettings, Select, Tokenizer,
 };
-use condenser::config::CompressorKind;
-use condenser::llm::{LocalModel, LocalModelConfig, Vocabulary};
+use condenser::llm::{LocalModel, Vocabulary};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -202,11 +202,10 @@ fn records(benchmark: &str, input: &std::path::Path) -> anyhow::Result<Vec<recor
     }
 }
 
-/// Where `prune` finds its model; loaded once, on first use.
+/// The local model of the model-backed compressors (`prune`, `rewrite`, `select`): settings as a
+/// `[compressors.NAME]` section would give them, loaded once, on first use, and shared.
 struct CompressorModel {
-    path: PathBuf,
-    lora: Option<PathBuf>,
-    select_blend: f64,
+    settings: ModelSettings,
     loaded: Option<Arc<LocalModel>>,
     /// One `select` whose scorings every blend shares (`select@W` on the command line).
     select: Option<Select>,
@@ -214,10 +213,22 @@ struct CompressorModel {
 
 impl CompressorModel {
     fn new(path: PathBuf, lora: Option<PathBuf>, select_blend: f64) -> Self {
+        let settings = ModelSettings {
+            model: path,
+            threads: 2,
+            context: 8192,
+            workers: 1,
+            queue: 64,
+            // Offline there is no request deadline: the model may take as long as it needs.
+            timeout_ms: 600_000,
+            gpu_layers: 0,
+            lora: lora.map(|path| (path, 1.0)),
+            // No fallback: measure the model's own rewrites (rejected ones count as failed open).
+            fallback: None,
+            blend: Some(select_blend),
+        };
         Self {
-            path,
-            lora,
-            select_blend,
+            settings,
             loaded: None,
             select: None,
         }
@@ -229,9 +240,9 @@ impl CompressorModel {
         if self.select.is_none() {
             let select = Select::new(
                 self.get()?,
-                Vocabulary::load(&self.path)?,
+                Vocabulary::load(&self.settings.model)?,
                 condenser::compress::select_prompt::WINDOW_TOKENS,
-                Duration::from_secs(600),
+                Duration::from_millis(self.settings.timeout_ms),
             )
             .map_err(anyhow::Error::msg)?
             .with_memo_capacity(100_000);
@@ -248,18 +259,14 @@ impl CompressorModel {
         if let Some(model) = &self.loaded {
             return Ok(model.clone());
         }
-        let model = Arc::new(
-            LocalModel::load(&LocalModelConfig {
-                lora: self.lora.clone().map(|path| (path, 1.0)),
-                ..LocalModelConfig::cpu(&self.path, 2, 8192)
-            })
-            .with_context(|| format!("loading {}", self.path.display()))?,
-        );
+        let model = registry::load_model("eval", &self.settings).map_err(anyhow::Error::msg)?;
         self.loaded = Some(model.clone());
         Ok(model)
     }
 }
 
+/// A compressor by name, built by the proxy's registry, except two offline conveniences:
+/// `extractive` with the command line's tuning, and `select`/`select@BLEND` sharing one memo.
 fn compressor_for(
     name: &str,
     extractive: &Extractive,
@@ -271,22 +278,31 @@ fn compressor_for(
             .with_context(|| format!("`{name}`: select@BLEND takes a weight from 0 to 1"))?;
         return Ok(Arc::new(local.select(blend)?));
     }
-    let kind = kind_from_name(name).with_context(|| format!("unknown compressor `{name}`"))?;
-    match kind {
-        CompressorKind::Extractive => Ok(Arc::new(extractive.clone())),
-        // Offline there is no request deadline: the model may take as long as it needs.
-        CompressorKind::Prune => Ok(Arc::new(Prune::new(local.get()?, Duration::from_secs(600)))),
-        // No fallback: measure the model's own rewrites (rejected ones count as failed open).
-        CompressorKind::Rewrite => Ok(Arc::new(Rewrite::new(
-            local.get()?,
-            Duration::from_secs(600),
-            None,
-        ))),
-        CompressorKind::Select => {
-            let blend = local.select_blend;
+    let kind = CompressorKind::named(name).with_context(|| {
+        format!(
+            "unknown compressor `{name}`; registered: {}",
+            registry::names().join(", ")
+        )
+    })?;
+    match (kind.name(), kind.spec().map(|s| &s.build)) {
+        ("extractive", _) => Ok(Arc::new(extractive.clone())),
+        ("select", _) => {
+            let blend = local
+                .settings
+                .blend
+                .unwrap_or(condenser::compress::DEFAULT_BLEND);
             Ok(Arc::new(local.select(blend)?))
         }
-        other => build(other).with_context(|| format!("`{name}` cannot be built offline")),
+        (_, Some(Builder::Plain(build))) => Ok(build()),
+        (_, Some(Builder::Model(build))) => {
+            let model = local.get()?;
+            let parts = ModelParts {
+                model,
+                settings: &local.settings,
+            };
+            build(&parts).map_err(anyhow::Error::msg)
+        }
+        (_, None) => anyhow::bail!("`{name}` is not registered"),
     }
 }
 
@@ -337,11 +353,14 @@ fn main() -> anyhow::Result<()> {
                 )))),
                 None => None,
             };
-            let scorer = condenser::equivalence::Scorer {
+            let parts = condenser::equivalence::GateParts {
                 embedder: Some(Arc::new(embedder)),
                 judge,
-                thresholds: condenser::equivalence::Thresholds::default(),
             };
+            let scorer = condenser::equivalence::Scorer::new(
+                &parts,
+                condenser::equivalence::Thresholds::default(),
+            );
             eprintln!("scoring {} pairs", all.len());
             let runtime = tokio::runtime::Runtime::new()?;
             let table = runtime.block_on(equivalence::run(&all, &scorer));

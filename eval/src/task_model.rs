@@ -1,10 +1,13 @@
 //! The model that answers benchmark questions: a local GGUF run by llama.cpp
 //! (`local:PATH.gguf`), or any OpenAI-compatible `/v1/chat/completions` endpoint
-//! (`http://HOST:PORT/v1#MODEL`) — typically a condenser proxy, which reaches OpenAI, Anthropic
-//! and Gemini through the upstreams its config names. Requests to a proxy carry
-//! `x-condenser-compress: none`, so the context is exactly what the eval chose to send.
+//! (`http://HOST:PORT/v1#MODEL`, or `https://`) — typically a condenser proxy, which reaches
+//! OpenAI, Anthropic and Gemini through the upstreams its config names. Requests to a proxy carry
+//! `x-condenser-compress: off`, so the context is exactly what the eval chose to send.
+//!
+//! HTTPS uses rustls (ring) and the platform's certificate store; `CONDENSER_EVAL_CA_FILE` names
+//! a PEM bundle of extra roots (a private CA in front of an internal endpoint).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -66,19 +69,31 @@ impl TaskModel {
             return Ok(Self::Local { model, name });
         }
         if spec.starts_with("http://") || spec.starts_with("https://") {
-            let Some((base, model)) = spec.split_once('#') else {
-                bail!("a remote task model is written URL#MODEL, e.g. http://127.0.0.1:8080/v1#gpt-4o-mini");
-            };
-            let client = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .build()?;
-            return Ok(Self::Remote {
-                client,
-                url: format!("{}/chat/completions", base.trim_end_matches('/')),
-                model: model.to_string(),
-            });
+            let ca_file = std::env::var_os("CONDENSER_EVAL_CA_FILE").map(PathBuf::from);
+            return Self::remote(spec, ca_file.as_deref());
         }
         bail!("task model must be local:PATH.gguf or URL#MODEL, got `{spec}`")
+    }
+
+    /// `URL#MODEL`, trusting the roots in `ca_file` besides the platform's.
+    fn remote(spec: &str, ca_file: Option<&Path>) -> anyhow::Result<Self> {
+        let Some((base, model)) = spec.split_once('#') else {
+            bail!("a remote task model is written URL#MODEL, e.g. http://127.0.0.1:8080/v1#gpt-4o-mini");
+        };
+        // Once per process; a second call finds it installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM bundle", path.display()))?;
+            builder = builder.tls_certs_merge(roots);
+        }
+        Ok(Self::Remote {
+            client: builder.build()?,
+            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            model: model.to_string(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -141,5 +156,89 @@ impl TaskModel {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::TaskModel;
+
+    /// An HTTPS endpoint with a certificate made here, answering every request with one chat
+    /// completion; returns its port and the certificate (PEM). Each request's head is sent back
+    /// on `heads`.
+    fn https_endpoint(heads: std::sync::mpsc::Sender<String>) -> (u16, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        let pem = certified.cert.pem();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        continue; // a client that refused the certificate
+                    };
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !String::from_utf8_lossy(&request).contains("\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = heads.send(String::from_utf8_lossy(&request).to_lowercase());
+                    let body = r#"{"choices":[{"message":{"role":"assistant","content":"Paris"}}],"usage":{"prompt_tokens":12,"completion_tokens":1}}"#;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        });
+        (port, pem)
+    }
+
+    #[test]
+    fn https_task_models_are_reached_with_verified_certificates() {
+        let (heads, seen) = std::sync::mpsc::channel();
+        let (port, pem) = https_endpoint(heads);
+        let mut ca = tempfile::NamedTempFile::new().expect("temp");
+        ca.write_all(pem.as_bytes()).expect("write");
+        let spec = format!("https://localhost:{port}/v1#gpt-4o-mini");
+
+        let trusted = TaskModel::remote(&spec, Some(ca.path())).expect("client");
+        let answer = trusted
+            .answer("Be brief.", "Capital of France?", 8)
+            .expect("answer");
+        assert_eq!((answer.text.as_str(), answer.prompt_tokens), ("Paris", 12));
+        let head = seen.recv().expect("request head");
+        assert!(head.starts_with("post /v1/chat/completions"), "{head}");
+        assert!(head.contains("x-condenser-compress: off"), "{head}");
+
+        // Verification is on: the same endpoint without its CA is refused.
+        let untrusted = TaskModel::remote(&spec, None).expect("client");
+        let refused = untrusted.answer("Be brief.", "Capital of France?", 8);
+        assert!(refused.is_err(), "an unknown certificate must be refused");
     }
 }

@@ -1,5 +1,6 @@
-//! Context compression: the [`Compressor`] trait, one file per compressor, the message-selection
-//! policy, the result cache, and the pipeline that applies them to a chat request.
+//! Context compression: the [`Compressor`] trait, one file per compressor and their registry,
+//! the message-selection policy, the result cache, and the pipeline that applies them to a chat
+//! request.
 //!
 //! Compressors are synchronous and deterministic: the same input always yields the same output,
 //! so the upstream provider's prompt cache keeps hitting on repeated context. The pipeline decides
@@ -15,31 +16,31 @@ mod pipeline;
 mod policy;
 #[cfg(feature = "local-model")]
 mod prune;
+pub mod registry;
 #[cfg(feature = "local-model")]
 mod rewrite;
 #[cfg(feature = "local-model")]
 mod select;
 pub mod select_prompt;
+pub mod settings;
 mod tokens;
 mod truncate;
-
-use std::sync::Arc;
 
 pub use cache::CompressionCache;
 pub use extractive::Extractive;
 pub use identity::Identity;
 pub use pipeline::{CompressionOutcome, Pipeline, PipelineStats};
-pub use policy::{plan, question_text, question_turn, Piece, Plan, PlanTarget};
+pub use policy::{plan, question_text, question_turn, text_slots, Piece, Plan, PlanTarget};
 #[cfg(feature = "local-model")]
 pub use prune::Prune;
+pub use registry::{build_plain, COMPRESSORS};
 #[cfg(feature = "local-model")]
 pub use rewrite::Rewrite;
 #[cfg(feature = "local-model")]
 pub use select::{Select, DEFAULT_BLEND};
+pub use settings::{CompressionMode, CompressorKind, ModelSettings, PipelineSettings, Role};
 pub use tokens::Tokenizer;
 pub use truncate::Truncate;
-
-use crate::config::CompressorKind;
 
 /// What a compressor gets: one span of prose, the user's question, and a token budget.
 #[derive(Debug, Clone, Copy)]
@@ -79,28 +80,4 @@ pub trait Compressor: Send + Sync {
         false
     }
     fn compress(&self, input: &CompressInput<'_>) -> Result<String, CompressError>;
-}
-
-/// The compressors that need no model, by config name (`None` for model-backed ones, which the
-/// server builds from their `[compressors.*]` section).
-pub fn build(kind: CompressorKind) -> Option<Arc<dyn Compressor>> {
-    match kind {
-        CompressorKind::Identity => Some(Arc::new(Identity)),
-        CompressorKind::Truncate => Some(Arc::new(Truncate)),
-        CompressorKind::Extractive => Some(Arc::new(Extractive::default())),
-        CompressorKind::Prune | CompressorKind::Rewrite | CompressorKind::Select => None,
-    }
-}
-
-/// Parses a compressor name as written in config or in `x-condenser-compress`.
-pub fn kind_from_name(name: &str) -> Option<CompressorKind> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "identity" => Some(CompressorKind::Identity),
-        "truncate" => Some(CompressorKind::Truncate),
-        "extractive" => Some(CompressorKind::Extractive),
-        "prune" => Some(CompressorKind::Prune),
-        "rewrite" => Some(CompressorKind::Rewrite),
-        "select" => Some(CompressorKind::Select),
-        _ => None,
-    }
 }

@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 
 use super::cache::{cache_key, CompressionCache};
 use super::policy::{plan, text_slots, Plan};
-use super::{build, CompressError, CompressInput, Compressor, Tokenizer};
-use crate::config::{CompressionMode, CompressionSettings, CompressorKind};
+use super::settings::{CompressionMode, CompressorKind, PipelineSettings};
+use super::{CompressError, CompressInput, Compressor, Tokenizer};
 
 /// Pieces smaller than this are not worth a compressor call.
 const MIN_PIECE_TOKENS: usize = 24;
@@ -62,15 +62,11 @@ pub struct Pipeline {
 const BACKGROUND_QUEUE: usize = 64;
 
 impl Pipeline {
-    pub fn new(cache_bytes: u64) -> Self {
-        let compressors = [
-            CompressorKind::Identity,
-            CompressorKind::Truncate,
-            CompressorKind::Extractive,
-        ]
-        .into_iter()
-        .filter_map(|k| Some((k, build(k)?)))
-        .collect();
+    /// A pipeline running `compressors` (`registry::build_all` builds them from configuration).
+    pub fn new(
+        cache_bytes: u64,
+        compressors: HashMap<CompressorKind, Arc<dyn Compressor>>,
+    ) -> Self {
         Self {
             compressors,
             cache: CompressionCache::new(cache_bytes),
@@ -78,16 +74,6 @@ impl Pipeline {
             background_capacity: BACKGROUND_QUEUE,
             stats: Arc::default(),
         }
-    }
-
-    /// Registers a model-backed compressor built from configuration.
-    pub fn with_compressor(
-        mut self,
-        kind: CompressorKind,
-        compressor: Arc<dyn Compressor>,
-    ) -> Self {
-        self.compressors.insert(kind, compressor);
-        self
     }
 
     pub fn cache(&self) -> &CompressionCache {
@@ -118,7 +104,7 @@ impl Pipeline {
         &self,
         messages: &mut [Value],
         kind: CompressorKind,
-        settings: &CompressionSettings,
+        settings: PipelineSettings<'_>,
         tokenizer: Tokenizer,
     ) -> CompressionOutcome {
         let Some(compressor) = self.compressors.get(&kind).cloned() else {
@@ -126,7 +112,7 @@ impl Pipeline {
         };
         let plan = plan(
             messages,
-            &settings.roles,
+            settings.roles,
             settings.min_tokens,
             compressor.handles_code(),
             tokenizer,
@@ -256,8 +242,6 @@ impl Pipeline {
         ]);
         let target_tokens = ((tokens as f64) * ratio).floor().max(1.0) as usize;
         let blocking = compressor.blocking() || text.len() > INLINE_LIMIT_BYTES;
-        let owned_text = text.to_string();
-        let owned_query = query.to_string();
         if background {
             if let Some(hit) = self.cache.peek(key).await {
                 self.stats.background_hits.fetch_add(1, Ordering::Relaxed);
@@ -272,6 +256,7 @@ impl Pipeline {
             };
             self.stats.background_queued.fetch_add(1, Ordering::Relaxed);
             let cache = self.cache.clone();
+            let (owned_text, owned_query) = (text.to_string(), query.to_string());
             tokio::spawn(async move {
                 let result = cache
                     .get_or_compute(key, async move {
@@ -299,6 +284,8 @@ impl Pipeline {
         }
         self.cache
             .get_or_compute(key, async move {
+                // Copied only on a miss: a hit costs a hash and a lookup.
+                let (owned_text, owned_query) = (text.to_string(), query.to_string());
                 let run = move || {
                     compressor.compress(&CompressInput {
                         text: &owned_text,

@@ -10,8 +10,8 @@
 
 use serde_json::Value;
 
+use super::settings::Role;
 use super::Tokenizer;
-use crate::config::Role;
 use crate::text::{final_paragraph_start, sentences, split_code_fences};
 
 /// One span of a message's text after planning.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::memo::Memo;
+use super::registry::ModelParts;
 use super::{CompressError, CompressInput, Compressor};
 use crate::llm::{LocalModel, TokenSurprisal};
 use crate::text::terms;
@@ -44,6 +45,11 @@ impl Prune {
                 .map_err(|e| failed(e.to_string()))
         })
     }
+}
+
+/// The registry's builder (`[compressors.prune]`).
+pub fn build(parts: &ModelParts<'_>) -> Result<Arc<dyn Compressor>, String> {
+    Ok(Arc::new(Prune::new(parts.model.clone(), parts.deadline())))
 }
 
 fn failed(reason: String) -> CompressError {

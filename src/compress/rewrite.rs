@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::registry::{build_plain, ModelParts};
 use super::{CompressError, CompressInput, Compressor};
 use crate::llm::{ChatTurn, LocalModel};
 
@@ -28,6 +29,16 @@ const INSTRUCTION: &str = "You compress documents for another AI model. Rewrite 
 text as briefly as possible while keeping every fact needed to answer the question below: \
 names, numbers, dates, identifiers and code stay exactly as written. Drop everything else. \
 Output only the compressed text, no preamble.";
+
+/// The registry's builder (`[compressors.rewrite]`, with its optional `fallback`).
+pub fn build(parts: &ModelParts<'_>) -> Result<Arc<dyn Compressor>, String> {
+    let fallback = parts.settings.fallback.and_then(build_plain);
+    Ok(Arc::new(Rewrite::new(
+        parts.model.clone(),
+        parts.deadline(),
+        fallback,
+    )))
+}
 
 impl Rewrite {
     pub fn new(

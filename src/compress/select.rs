@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use super::extractive::{analyse, render, select, Extractive};
 use super::memo::Memo;
-use super::select_prompt::{windows, SelectVocab};
+use super::registry::ModelParts;
+use super::select_prompt::{windows, SelectVocab, WINDOW_TOKENS};
 use super::truncate::Truncate;
 use super::{CompressError, CompressInput, Compressor};
 use crate::llm::{ClassifyWindow, LocalModel, Vocabulary};
@@ -41,6 +42,17 @@ pub const DEFAULT_BLEND: f64 = 0.7;
 
 /// Scorings kept; each is 4 bytes per sentence.
 const MEMO_ENTRIES: usize = 8;
+
+/// The registry's builder (`[compressors.select]`, with its optional `blend`): the tokenizer is
+/// the model's own, and windows never exceed the configured context.
+pub fn build(parts: &ModelParts<'_>) -> Result<Arc<dyn Compressor>, String> {
+    let settings = parts.settings;
+    let vocab = Vocabulary::load(&settings.model).map_err(|e| e.to_string())?;
+    let window = WINDOW_TOKENS.min(settings.context as usize);
+    let select = Select::new(parts.model.clone(), vocab, window, parts.deadline())?
+        .with_blend(settings.blend.unwrap_or(DEFAULT_BLEND));
+    Ok(Arc::new(select))
+}
 
 impl Select {
     /// `vocab` must be the tokenizer of `model` (load it from the same GGUF).

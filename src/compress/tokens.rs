@@ -95,6 +95,28 @@ impl Tokenizer {
         cached as usize
     }
 
+    /// The count of a text already in the count cache; `None` for texts not cached (short texts
+    /// never are: they are cheap to count).
+    pub fn cached_count(self, text: &str) -> Option<usize> {
+        if text.is_empty() {
+            return Some(0);
+        }
+        if text.len() < CACHE_MIN_BYTES {
+            return None;
+        }
+        let key = xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), self as u64);
+        count_cache().get(&key).map(|n| n as usize)
+    }
+
+    /// Loads both encodings and the count cache, so the first requests after start-up do not
+    /// pay for it (loading an encoding takes hundreds of milliseconds).
+    pub fn warm_up() {
+        for tokenizer in [Self::O200k, Self::Cl100k] {
+            tokenizer.count_uncached("warm up");
+        }
+        count_cache();
+    }
+
     /// Runs the BPE every time (benchmarks, and texts too short to be worth caching).
     pub fn count_uncached(self, text: &str) -> usize {
         self.bpe().encode_ordinary(text).len()

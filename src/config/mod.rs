@@ -8,15 +8,13 @@ mod validate;
 
 use std::path::Path;
 
-pub use raw::{CompressionMode, UpstreamKind};
+pub use crate::compress::{CompressionMode, CompressorKind, ModelSettings, Role};
+pub use raw::UpstreamKind;
 pub use raw::{
-    CompressorKind, RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer,
-    RawUpstream, Role,
+    RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer, RawUpstream,
 };
 pub use shadow::{Leg, RawPrice, Rollout, RouteShadow, ShadowSettings, Thresholds};
-pub use validate::{
-    CompressionSettings, Config, LocalModelSettings, Route, ServerSettings, UpstreamSettings,
-};
+pub use validate::{CompressionSettings, Config, Route, ServerSettings, UpstreamSettings};
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::shadow::{RawRollout, RawRouteShadow, RawShadow};
+use crate::compress::{CompressionMode, CompressorKind, Role};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,14 +20,9 @@ pub struct RawConfig {
     pub shadow: Option<RawShadow>,
 }
 
-/// Model-backed compressors, each configured once and shared by every route.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCompressors {
-    pub prune: Option<RawLocalModel>,
-    pub rewrite: Option<RawLocalModel>,
-    pub select: Option<RawLocalModel>,
-}
+/// `[compressors.NAME]`: model-backed compressors (`compress::registry`), each configured once
+/// and shared by every route.
+pub type RawCompressors = std::collections::BTreeMap<String, RawLocalModel>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,38 +157,6 @@ pub struct RawRoute {
     pub shadow: Option<RawRouteShadow>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CompressionMode {
-    #[default]
-    Inline,
-    Background,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CompressorKind {
-    Identity,
-    Truncate,
-    Extractive,
-    /// Local-model token pruning (needs `[compressors.prune]` and the `local-model` feature).
-    Prune,
-    /// Local-model generative rewrite (needs `[compressors.rewrite]` and `local-model`).
-    Rewrite,
-    /// Learned sentence selection by the local model (needs `[compressors.select]`).
-    Select,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    Developer,
-    User,
-    Assistant,
-    Tool,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCompression {
@@ -222,7 +186,7 @@ impl Default for RawCompression {
     fn default() -> Self {
         Self {
             enabled: false,
-            compressor: CompressorKind::Extractive,
+            compressor: CompressorKind::EXTRACTIVE,
             min_tokens: 512,
             target_ratio: 0.35,
             roles: vec![Role::System, Role::Developer, Role::User, Role::Tool],

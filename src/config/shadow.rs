@@ -4,27 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::ConfigError;
 
-/// Each equivalence gate's pass threshold (plain data: the gates in `equivalence` read it).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Thresholds {
-    pub embedding: f32,
-    pub facts: f32,
-    pub judge: f32,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Self {
-            embedding: 0.60,
-            facts: 0.55,
-            judge: 0.75,
-        }
-    }
-}
+pub use crate::equivalence::Thresholds;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,24 +36,9 @@ pub struct RawShadow {
     pub prices: BTreeMap<String, RawPrice>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawThresholds {
-    pub embedding: f32,
-    pub facts: f32,
-    pub judge: f32,
-}
-
-impl Default for RawThresholds {
-    fn default() -> Self {
-        let t = Thresholds::default();
-        Self {
-            embedding: t.embedding,
-            facts: t.facts,
-            judge: t.judge,
-        }
-    }
-}
+/// `[shadow.thresholds]`: pass thresholds by gate name (`equivalence::gates`); gates left out
+/// keep their defaults.
+pub type RawThresholds = BTreeMap<String, f32>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,12 +151,16 @@ pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
     if raw.scorers == 0 {
         return Err(ConfigError::invalid("shadow.scorers", "must be > 0"));
     }
-    let t = &raw.thresholds;
-    for (name, value) in [
-        ("embedding", t.embedding),
-        ("facts", t.facts),
-        ("judge", t.judge),
-    ] {
+    for (name, &value) in &raw.thresholds {
+        if !crate::equivalence::gate_names().contains(&name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("shadow.thresholds.{name}"),
+                format!(
+                    "no equivalence gate is called `{name}`; registered: {}",
+                    crate::equivalence::gate_names().join(", ")
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&value) {
             return Err(ConfigError::invalid(
                 format!("shadow.thresholds.{name}"),
@@ -210,11 +183,7 @@ pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
         scorers: raw.scorers,
         embedding_model: raw.embedding_model.clone().map(PathBuf::from),
         judge_model: raw.judge_model.clone(),
-        thresholds: Thresholds {
-            embedding: t.embedding,
-            facts: t.facts,
-            judge: t.judge,
-        },
+        thresholds: Thresholds(raw.thresholds.clone()),
         prices: raw.prices.iter().map(|(k, v)| (k.clone(), *v)).collect(),
     })
 }

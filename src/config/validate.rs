@@ -1,47 +1,28 @@
 //! Cross-field validation: turns a parsed [`RawConfig`] into runtime types, rejecting
 //! configurations that parse but cannot work (a route naming a missing upstream, a ratio of 1.5).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::raw::{
-    CompressionMode, CompressorKind, RawCompression, RawConfig, RawLocalModel, Role, UpstreamKind,
-};
+use super::raw::{RawCompression, RawConfig, RawLocalModel, UpstreamKind};
 use super::shadow::{
     validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
 };
 use super::ConfigError;
+use crate::compress::registry::{self, CompressorSpec};
+use crate::compress::{CompressionMode, CompressorKind, ModelSettings, PipelineSettings, Role};
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerSettings,
     pub upstreams: Vec<UpstreamSettings>,
     pub routes: Vec<Route>,
-    /// `[compressors.prune]`: the local model behind the `prune` compressor.
-    pub prune: Option<LocalModelSettings>,
-    /// `[compressors.rewrite]`: the local model (and adapter) behind `rewrite`.
-    pub rewrite: Option<LocalModelSettings>,
-    /// `[compressors.select]`: the local model (and trained adapter) behind `select`.
-    pub select: Option<LocalModelSettings>,
+    /// `[compressors.NAME]`: the local model (and adapter) behind each model-backed compressor.
+    pub compressors: BTreeMap<String, ModelSettings>,
     /// `[shadow]`: where samples are stored and how they are scored.
     pub shadow: Option<ShadowSettings>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct LocalModelSettings {
-    pub model: std::path::PathBuf,
-    pub threads: i32,
-    pub context: u32,
-    pub workers: usize,
-    pub queue: usize,
-    pub timeout_ms: u64,
-    pub gpu_layers: u32,
-    pub lora: Option<(std::path::PathBuf, f32)>,
-    pub fallback: Option<CompressorKind>,
-    /// `select` only: weight of `extractive`'s ranking in the blend.
-    pub blend: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +73,19 @@ pub struct CompressionSettings {
     pub timeout_ms: u64,
     pub mode: CompressionMode,
     pub rollout: Rollout,
+}
+
+impl CompressionSettings {
+    /// What the compression pipeline reads of these settings.
+    pub fn pipeline(&self) -> PipelineSettings<'_> {
+        PipelineSettings {
+            roles: &self.roles,
+            min_tokens: self.min_tokens,
+            target_ratio: self.target_ratio,
+            timeout_ms: self.timeout_ms,
+            mode: self.mode,
+        }
+    }
 }
 
 pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -217,41 +211,38 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         });
     }
 
-    let prune = raw
-        .compressors
-        .prune
-        .as_ref()
-        .map(|m| validate_local_model(m, "prune"))
-        .transpose()?;
-    let rewrite = raw
-        .compressors
-        .rewrite
-        .as_ref()
-        .map(|m| validate_local_model(m, "rewrite"))
-        .transpose()?;
-    let select = raw
-        .compressors
-        .select
-        .as_ref()
-        .map(|m| validate_local_model(m, "select"))
-        .transpose()?;
+    let mut compressors = BTreeMap::new();
+    for (name, section) in &raw.compressors {
+        let spec = registry::spec(name)
+            .filter(|s| s.needs_model())
+            .ok_or_else(|| {
+                let model_backed: Vec<_> = registry::COMPRESSORS
+                    .iter()
+                    .filter(|s| s.needs_model())
+                    .map(|s| s.name)
+                    .collect();
+                ConfigError::invalid(
+                    format!("compressors.{name}"),
+                    format!(
+                        "no model-backed compressor is called `{name}`; registered: {}",
+                        model_backed.join(", ")
+                    ),
+                )
+            })?;
+        compressors.insert(spec.name.to_string(), validate_local_model(section, spec)?);
+    }
     for (i, route) in routes.iter().enumerate() {
-        if route.compression.compressor == CompressorKind::Prune && prune.is_none() {
+        let name = route.compression.compressor.name();
+        if route
+            .compression
+            .compressor
+            .spec()
+            .is_some_and(CompressorSpec::needs_model)
+            && !compressors.contains_key(name)
+        {
             return Err(ConfigError::invalid(
                 format!("routes[{i}].compression.compressor"),
-                "`prune` needs a [compressors.prune] section naming its model",
-            ));
-        }
-        if route.compression.compressor == CompressorKind::Rewrite && rewrite.is_none() {
-            return Err(ConfigError::invalid(
-                format!("routes[{i}].compression.compressor"),
-                "`rewrite` needs a [compressors.rewrite] section naming its model",
-            ));
-        }
-        if route.compression.compressor == CompressorKind::Select && select.is_none() {
-            return Err(ConfigError::invalid(
-                format!("routes[{i}].compression.compressor"),
-                "`select` needs a [compressors.select] section naming its model",
+                format!("`{name}` needs a [compressors.{name}] section naming its model"),
             ));
         }
     }
@@ -275,34 +266,42 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         upstreams,
         routes,
-        prune,
-        rewrite,
-        select,
+        compressors,
         shadow: raw.shadow.as_ref().map(validate_shadow).transpose()?,
     })
 }
 
 fn validate_local_model(
     raw: &RawLocalModel,
-    name: &str,
-) -> Result<LocalModelSettings, ConfigError> {
+    spec: &CompressorSpec,
+) -> Result<ModelSettings, ConfigError> {
+    let name = spec.name;
     let key = |field: &str| format!("compressors.{name}.{field}");
-    if matches!(
-        raw.fallback,
-        Some(CompressorKind::Prune | CompressorKind::Rewrite | CompressorKind::Select)
-    ) || (raw.fallback.is_some() && name != "rewrite")
-    {
-        return Err(ConfigError::invalid(
-            key("fallback"),
-            "only `rewrite` takes a fallback, and it must be identity, truncate or extractive",
-        ));
+    let takes = |field: &str| spec.extra_keys.contains(&field);
+    if let Some(fallback) = raw.fallback {
+        if !takes("fallback") {
+            return Err(ConfigError::invalid(
+                key("fallback"),
+                format!("`{name}` takes no fallback"),
+            ));
+        }
+        if fallback.spec().is_none_or(CompressorSpec::needs_model) {
+            return Err(ConfigError::invalid(
+                key("fallback"),
+                "a fallback must be a compressor that needs no model (identity, truncate, \
+                 extractive)",
+            ));
+        }
     }
     if let Some(blend) = raw.blend {
-        if name != "select" || !(0.0..=1.0).contains(&blend) {
+        if !takes("blend") {
             return Err(ConfigError::invalid(
                 key("blend"),
-                "only `select` takes a blend, a weight from 0 to 1",
+                format!("`{name}` takes no blend"),
             ));
+        }
+        if !(0.0..=1.0).contains(&blend) {
+            return Err(ConfigError::invalid(key("blend"), "a weight from 0 to 1"));
         }
     }
     if !(raw.lora_scale.is_finite() && raw.lora_scale >= 0.0) {
@@ -329,7 +328,7 @@ fn validate_local_model(
             "workers, queue and timeout_ms must be > 0",
         ));
     }
-    Ok(LocalModelSettings {
+    Ok(ModelSettings {
         model: raw.model.clone().into(),
         threads: raw.threads,
         context: raw.context,

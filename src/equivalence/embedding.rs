@@ -8,7 +8,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
+use std::sync::Arc;
 use tokenizers::{Tokenizer, TruncationParams};
+
+use async_trait::async_trait;
+
+use super::gates::{Case, Gate, GateFinding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddingError {
@@ -82,5 +87,39 @@ impl Embedder {
     pub fn similarity(&self, a: &str, b: &str) -> Result<f32, EmbeddingError> {
         let (x, y) = (self.embed(a)?, self.embed(b)?);
         Ok(x.iter().zip(&y).map(|(p, q)| p * q).sum())
+    }
+}
+
+/// The embedding-similarity gate (`embedding`), when `shadow.embedding_model` is configured. A
+/// forward pass is milliseconds of CPU, so it runs on the blocking pool; a failed pass is logged
+/// and the gate sits the sample out.
+pub struct EmbeddingGate(pub Arc<Embedder>);
+
+#[async_trait]
+impl Gate for EmbeddingGate {
+    fn name(&self) -> &'static str {
+        "embedding"
+    }
+
+    async fn check(&self, case: &Case<'_>) -> GateFinding {
+        let embedder = self.0.clone();
+        let a = case.reference.text.trim().to_string();
+        let b = case.candidate.text.trim().to_string();
+        let similarity = tokio::task::spawn_blocking(move || embedder.similarity(&a, &b)).await;
+        let score = match similarity {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "embedding gate failed");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "embedding gate panicked");
+                None
+            }
+        };
+        GateFinding {
+            score,
+            ..GateFinding::default()
+        }
     }
 }

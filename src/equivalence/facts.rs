@@ -4,6 +4,9 @@
 //! runs on every sample; it catches the failure the embedding gate is blind to, a changed number.
 
 use crate::text::terms;
+use async_trait::async_trait;
+
+use super::gates::{Case, Gate, GateFinding};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FactKind {
@@ -129,6 +132,26 @@ pub fn coverage(reference: &str, candidate: &str) -> (f32, Vec<Fact>) {
         .collect();
     let found = facts.len() - missing.len();
     (found as f32 / facts.len() as f32, missing)
+}
+
+/// The fact-coverage gate (`facts`): runs on every sample, free and deterministic.
+pub struct FactsGate;
+
+#[async_trait]
+impl Gate for FactsGate {
+    fn name(&self) -> &'static str {
+        "facts"
+    }
+
+    async fn check(&self, case: &Case<'_>) -> GateFinding {
+        let reference = case.reference.text.trim();
+        let (share, missing) = coverage(reference, case.candidate.text.trim());
+        GateFinding {
+            score: Some(share),
+            missing_facts: missing.into_iter().map(|f| f.text).collect(),
+            ..GateFinding::default()
+        }
+    }
 }
 
 #[cfg(test)]

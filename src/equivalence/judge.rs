@@ -4,6 +4,12 @@
 //! is no evidence of equivalence.
 
 use serde::Deserialize;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::gates::{Case, Gate, GateFinding};
+use super::JudgeClient;
 
 pub const JUDGE_SYSTEM_PROMPT: &str = "You compare two answers to the same request. Answer A is \
 the reference. Decide whether answer B would serve the user as well as answer A: the same facts, \
@@ -60,6 +66,48 @@ pub fn parse_verdict(reply: &str) -> Result<JudgeVerdict, String> {
         score: raw.score as f32,
         missing_facts: raw.missing_facts,
     })
+}
+
+/// The LLM-judge gate (`judge`), when `shadow.judge_model` is configured. Its call is paid for
+/// whether or not the reply follows the rubric.
+pub struct JudgeGate(pub Arc<dyn JudgeClient>);
+
+#[async_trait]
+impl Gate for JudgeGate {
+    fn name(&self) -> &'static str {
+        "judge"
+    }
+
+    async fn check(&self, case: &Case<'_>) -> GateFinding {
+        let user = judge_user_prompt(
+            case.request,
+            case.reference.text.trim(),
+            case.candidate.text.trim(),
+        );
+        let reply = self.0.ask(JUDGE_SYSTEM_PROMPT, &user).await;
+        let model_tokens = reply
+            .as_ref()
+            .ok()
+            .map(|r| (r.prompt_tokens, r.completion_tokens));
+        match reply.and_then(|r| parse_verdict(&r.text)) {
+            Ok(v) => GateFinding {
+                // A "different" verdict fails whatever score came with it.
+                score: Some(if v.equivalent {
+                    v.score
+                } else {
+                    v.score.min(0.0)
+                }),
+                missing_facts: v.missing_facts,
+                model_tokens,
+                error: None,
+            },
+            Err(e) => GateFinding {
+                error: Some(e),
+                model_tokens,
+                ..GateFinding::default()
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
-//! Whether two answers to the same request are equivalent, by three gates shared by the live
-//! shadow scorer and `condenser-eval equivalence`: embedding similarity (`embedding.rs`), fact
-//! coverage (`facts.rs`) and an LLM judge (`judge.rs`). Tool-call answers are compared by function
-//! name and argument JSON instead. A sample passes when every active gate passes.
+//! Whether two answers to the same request are equivalent, by the gates registered in `gates`
+//! (embedding similarity, fact coverage, an LLM judge), shared by the live shadow scorer and
+//! `condenser-eval equivalence`. Tool-call answers are compared by function name and argument JSON
+//! instead. A sample passes when every gate that ran passes.
 
 pub mod answer;
 pub mod embedding;
 pub mod facts;
+pub mod gates;
 pub mod judge;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,40 +17,102 @@ use serde::{Deserialize, Serialize};
 
 pub use answer::Answer;
 pub use embedding::Embedder;
+pub use gates::{gate_names, Case, Gate, GateFinding, GateParts, Thresholds, GATES};
 pub use judge::JudgeVerdict;
 
-/// The pass thresholds are configuration, plain data held by `config`.
-pub use crate::config::Thresholds;
-
-/// What each gate measured; `None` where a gate did not run.
+/// What the gates measured on one pair.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredScores")]
 pub struct GateScores {
-    pub embedding: Option<f32>,
-    pub facts: Option<f32>,
-    pub judge: Option<f32>,
-    /// Set when the judge's reply was not the rubric's JSON (the gate then fails).
-    pub judge_error: Option<String>,
+    /// Each gate that scored, by name (0–1).
+    pub scores: BTreeMap<String, f32>,
+    /// Gates that could not score, and why (such a gate fails: e.g. a judge reply that is not the
+    /// rubric's JSON).
+    pub errors: BTreeMap<String, String>,
     pub missing_facts: Vec<String>,
     /// Set when either answer called tools: same function names and argument JSON, in order.
     pub tools_match: Option<bool>,
-    /// The judge call's prompt and completion tokens, as its upstream reported them: the shadow
-    /// scorer prices them against the route's daily cap.
+    /// Prompt and completion tokens the gates' model calls cost, as their upstream reported
+    /// them: the shadow scorer prices them against the route's daily cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub judge_tokens: Option<(u64, u64)>,
+    pub model_tokens: Option<(u64, u64)>,
 }
 
-/// Names of the gates that failed.
+impl GateScores {
+    /// The score of gate `name`, if it ran.
+    pub fn score(&self, name: &str) -> Option<f32> {
+        self.scores.get(name).copied()
+    }
+
+    fn record(&mut self, gate: &str, finding: GateFinding) {
+        if let Some(score) = finding.score {
+            self.scores.insert(gate.to_string(), score);
+        }
+        if let Some(error) = finding.error {
+            self.errors.insert(gate.to_string(), error);
+        }
+        self.missing_facts.extend(finding.missing_facts);
+        if let Some((prompt, completion)) = finding.model_tokens {
+            let (p, c) = self.model_tokens.unwrap_or((0, 0));
+            self.model_tokens = Some((p + prompt, c + completion));
+        }
+    }
+}
+
+/// Scores as stored, including rows written when the three gates were fixed fields.
+#[derive(Deserialize)]
+struct StoredScores {
+    #[serde(default)]
+    scores: BTreeMap<String, f32>,
+    #[serde(default)]
+    errors: BTreeMap<String, String>,
+    #[serde(default)]
+    missing_facts: Vec<String>,
+    tools_match: Option<bool>,
+    model_tokens: Option<(u64, u64)>,
+    embedding: Option<f32>,
+    facts: Option<f32>,
+    judge: Option<f32>,
+    judge_error: Option<String>,
+    judge_tokens: Option<(u64, u64)>,
+}
+
+impl From<StoredScores> for GateScores {
+    fn from(stored: StoredScores) -> Self {
+        let mut scores = stored.scores;
+        for (name, legacy) in [
+            ("embedding", stored.embedding),
+            ("facts", stored.facts),
+            ("judge", stored.judge),
+        ] {
+            if let Some(score) = legacy {
+                scores.entry(name.to_string()).or_insert(score);
+            }
+        }
+        let mut errors = stored.errors;
+        if let Some(error) = stored.judge_error {
+            errors.entry("judge".to_string()).or_insert(error);
+        }
+        Self {
+            scores,
+            errors,
+            missing_facts: stored.missing_facts,
+            tools_match: stored.tools_match,
+            model_tokens: stored.model_tokens.or(stored.judge_tokens),
+        }
+    }
+}
+
+/// Names of the gates that failed, in registry order (`tools` last).
 pub fn failed_gates(scores: &GateScores, t: &Thresholds) -> Vec<&'static str> {
-    let mut failed = Vec::new();
-    if scores.embedding.is_some_and(|s| s < t.embedding) {
-        failed.push("embedding");
-    }
-    if scores.facts.is_some_and(|s| s < t.facts) {
-        failed.push("facts");
-    }
-    if scores.judge_error.is_some() || scores.judge.is_some_and(|s| s < t.judge) {
-        failed.push("judge");
-    }
+    let mut failed: Vec<&'static str> = GATES
+        .iter()
+        .filter(|g| {
+            scores.errors.contains_key(g.name)
+                || scores.score(g.name).is_some_and(|s| s < t.of(g.name))
+        })
+        .map(|g| g.name)
+        .collect();
     if scores.tools_match == Some(false) {
         failed.push("tools");
     }
@@ -66,57 +130,43 @@ pub trait JudgeClient: Send + Sync {
     async fn ask(&self, system: &str, user: &str) -> Result<Answer, String>;
 }
 
+/// Runs every configured gate on a pair.
 pub struct Scorer {
-    pub embedder: Option<Arc<Embedder>>,
-    pub judge: Option<Arc<dyn JudgeClient>>,
+    gates: Vec<Arc<dyn Gate>>,
     pub thresholds: Thresholds,
 }
 
 impl Scorer {
+    /// A scorer with every registered gate that `parts` allows.
+    pub fn new(parts: &GateParts, thresholds: Thresholds) -> Self {
+        Self {
+            gates: gates::build_gates(parts),
+            thresholds,
+        }
+    }
+
+    /// The names of the gates this scorer runs.
+    pub fn gate_names(&self) -> Vec<&'static str> {
+        self.gates.iter().map(|g| g.name()).collect()
+    }
+
     /// Scores `candidate` against `reference`, both answers to `request` (its last user text).
     pub async fn score(&self, request: &str, reference: &Answer, candidate: &Answer) -> GateScores {
         let mut scores = GateScores::default();
         if !reference.tool_calls.is_empty() || !candidate.tool_calls.is_empty() {
             scores.tools_match = Some(reference.tool_calls == candidate.tool_calls);
         }
-        let (a, b) = (reference.text.trim(), candidate.text.trim());
-        if a.is_empty() && b.is_empty() {
+        if reference.text.trim().is_empty() && candidate.text.trim().is_empty() {
             return scores;
         }
-        let (coverage, missing) = facts::coverage(a, b);
-        scores.facts = Some(coverage);
-        scores.missing_facts = missing.into_iter().map(|f| f.text).collect();
-        if let Some(embedder) = &self.embedder {
-            let embedder = embedder.clone();
-            let (a, b) = (a.to_string(), b.to_string());
-            // A forward pass is milliseconds of CPU: keep it off the async workers.
-            let similarity = tokio::task::spawn_blocking(move || embedder.similarity(&a, &b)).await;
-            match similarity {
-                Ok(Ok(s)) => scores.embedding = Some(s),
-                Ok(Err(e)) => tracing::warn!(error = %e, "embedding gate failed"),
-                Err(e) => tracing::warn!(error = %e, "embedding gate panicked"),
-            }
-        }
-        if let Some(judge) = &self.judge {
-            let user = judge::judge_user_prompt(request, a, b);
-            let reply = judge.ask(judge::JUDGE_SYSTEM_PROMPT, &user).await;
-            // Paid for whether or not the reply follows the rubric.
-            scores.judge_tokens = reply
-                .as_ref()
-                .ok()
-                .map(|r| (r.prompt_tokens, r.completion_tokens));
-            match reply.and_then(|r| judge::parse_verdict(&r.text)) {
-                Ok(v) => {
-                    // A "different" verdict fails whatever score came with it.
-                    scores.judge = Some(if v.equivalent {
-                        v.score
-                    } else {
-                        v.score.min(0.0)
-                    });
-                    scores.missing_facts.extend(v.missing_facts);
-                }
-                Err(e) => scores.judge_error = Some(e),
-            }
+        let case = Case {
+            request,
+            reference,
+            candidate,
+        };
+        for gate in &self.gates {
+            let finding = gate.check(&case).await;
+            scores.record(gate.name(), finding);
         }
         scores
     }
@@ -148,11 +198,11 @@ mod tests {
     }
 
     fn scorer(judge: &'static str) -> Scorer {
-        Scorer {
+        let parts = GateParts {
             embedder: None,
             judge: Some(Arc::new(Canned(judge))),
-            thresholds: Thresholds::default(),
-        }
+        };
+        Scorer::new(&parts, Thresholds::default())
     }
 
     #[tokio::test]
@@ -161,10 +211,10 @@ mod tests {
         let scores = s
             .score("q", &text("Paris, 1889."), &text("Paris, 1889."))
             .await;
-        assert_eq!(scores.facts, Some(1.0));
-        assert!(scores.judge_error.is_some());
+        assert_eq!(scores.score("facts"), Some(1.0));
+        assert!(scores.errors.contains_key("judge"));
         assert_eq!(
-            scores.judge_tokens,
+            scores.model_tokens,
             Some((120, 20)),
             "an unreadable reply is still paid for"
         );
@@ -190,11 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn tool_calls_compare_by_name_and_arguments() {
-        let s = Scorer {
-            embedder: None,
-            judge: None,
-            thresholds: Thresholds::default(),
-        };
+        let s = Scorer::new(&GateParts::default(), Thresholds::default());
         let call = |city: &str| Answer {
             tool_calls: vec![("get_weather".into(), serde_json::json!({ "city": city }))],
             ..Answer::default()
@@ -207,5 +253,30 @@ mod tests {
             &s.score("q", &call("Paris"), &call("Rome")).await,
             &s.thresholds
         ));
+    }
+
+    #[test]
+    fn scores_stored_before_the_registry_still_read() {
+        let legacy = r#"{"embedding":0.9,"facts":0.4,"judge":null,"judge_error":"not JSON",
+            "missing_facts":["1889"],"tools_match":null,"judge_tokens":[120,20]}"#;
+        let scores: GateScores = serde_json::from_str(legacy).expect("legacy row");
+        assert_eq!(scores.score("embedding"), Some(0.9));
+        assert_eq!(scores.model_tokens, Some((120, 20)));
+        assert_eq!(
+            failed_gates(&scores, &Thresholds::default()),
+            vec!["facts", "judge"]
+        );
+        let round: GateScores =
+            serde_json::from_str(&serde_json::to_string(&scores).expect("json")).expect("new row");
+        assert_eq!(round, scores);
+    }
+
+    #[test]
+    fn thresholds_fall_back_to_each_gates_default() {
+        let mut t = Thresholds::default();
+        assert_eq!(t.of("facts"), 0.55);
+        t.0.insert("facts".into(), 0.9);
+        assert_eq!(t.of("facts"), 0.9);
+        assert_eq!(t.of("judge"), 0.75);
     }
 }

@@ -4,10 +4,11 @@
 
 use pingora::proxy::Session;
 
-use super::chat::path_and_query;
-use super::response::ResponseMode;
-use super::upstream::{ExchangeError, Reply};
-use super::{body, header_str, AppState, RequestLog};
+use super::access_log::RequestLog;
+use super::relay::{ExchangeError, ResponseMode};
+use super::request::{header_str, path_and_query, read_whole};
+use super::state::AppState;
+use super::upstream::Reply;
 use crate::openai::headers;
 
 pub async fn handle(
@@ -16,7 +17,7 @@ pub async fn handle(
     log: &mut RequestLog,
 ) -> Result<(), ExchangeError> {
     let before = ExchangeError::BeforeResponse;
-    let raw = body::read_whole(session, state.config.server.max_body_bytes)
+    let raw = read_whole(session, state.config.server.max_body_bytes)
         .await
         .map_err(before)?;
     let model = model_of(&raw);
@@ -31,7 +32,7 @@ pub async fn handle(
     let header = upstream
         .request_header(session.req_header(), &path, raw.len(), true, &[])
         .map_err(before)?;
-    let extra = [(headers::ROUTE, route.name.clone())];
+    let extra = vec![(headers::ROUTE, route.name.clone())];
     log.status = upstream
         .exchange(
             &state.connector,
@@ -39,7 +40,8 @@ pub async fn handle(
             header,
             raw,
             Reply {
-                extra: &extra,
+                extra,
+                accounting: None,
                 mode: ResponseMode::Relay,
                 capture: None,
             },

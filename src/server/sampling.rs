@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use pingora::proxy::Session;
 
-use super::response::Capture;
-use super::shadowing::{last_user_text, leg_request, spawn_leg, FrontDoor};
-use super::upstream::ExchangeError;
-use super::AppState;
-use crate::compress::CompressionOutcome;
+use super::codec::{leg_request, FrontDoor};
+use super::relay::{Capture, ExchangeError};
+use super::request::path_and_query;
+use super::shadowing::spawn_leg;
+use super::state::AppState;
+use crate::compress::{question_text, CompressionOutcome};
 use crate::config::{CompressorKind, Leg, RawPrice, Rollout, Route};
-use crate::equivalence::Answer;
 use crate::error::ProxyError;
 use crate::openai::ChatRequest;
 use crate::providers::Provider;
@@ -65,7 +65,7 @@ pub(super) struct Sample<'a> {
     reserved_usd: f64,
     /// The request as the client sent it.
     original: ChatRequest,
-    /// Its latest user text (`last_user_text`): the judge's view and the sample's domain.
+    /// Its question (`compress::question_text`): the judge's view and the sample's domain.
     request_text: String,
     door: FrontDoor,
     /// Unsampled, the request would have been compressed; otherwise a sample that cannot start
@@ -89,7 +89,7 @@ impl<'a> Sample<'a> {
         // Only a request past the sample-rate roll has its text read and its cost estimated.
         let mut request_text = String::new();
         let reserved_usd = shadow.try_sample(route, || {
-            request_text = last_user_text(request.messages());
+            request_text = question_text(request.messages());
             estimate_cost(shadow, route, &request.model, &request_text, body_len)
         })?;
         Some(Self {
@@ -166,7 +166,7 @@ impl<'a> Sample<'a> {
             Leg::Compressed => leg_request(&self.original),
         };
         let noise = cfg.noise_floor.then(|| leg_request(&self.original));
-        let client_path = super::chat::path_and_query(session);
+        let client_path = path_and_query(session);
         let spawn = |leg: &ChatRequest| {
             spawn_leg(
                 state,
@@ -188,6 +188,7 @@ impl<'a> Sample<'a> {
         };
         Ok(Some(Legs {
             served,
+            compressor: outcome.compressor,
             request_text: self.request_text.clone(),
             tokens_original: outcome.tokens_before as u64,
             tokens_compressed: outcome.tokens_after as u64,
@@ -221,6 +222,9 @@ pub(super) fn compressor_for(
 /// The background legs of a sampled request, and what the scorer needs to know of it.
 struct Legs {
     served: Leg,
+    /// The compressor of the compressed leg, whichever leg the client gets: a route that serves
+    /// originals while it is shadowed is still measuring this compressor.
+    compressor: &'static str,
     request_text: String,
     tokens_original: u64,
     tokens_compressed: u64,
@@ -245,7 +249,6 @@ pub(super) struct ClientLeg<'r> {
     pub provider: &'r dyn Provider,
     pub request: &'r ChatRequest,
     pub route: &'r str,
-    pub compressor: &'static str,
 }
 
 impl Shadowing<'_> {
@@ -259,8 +262,7 @@ impl Shadowing<'_> {
     pub fn finish(self, client: ClientLeg) {
         let latency_ms = self.started_at.elapsed().as_secs_f64() * 1000.0;
         let answer = match (client.status, &client.capture) {
-            (Ok(200..=299), Some(c)) if !c.overflowed => client_answer(
-                self.door,
+            (Ok(200..=299), Some(c)) if !c.overflowed => self.door.client_answer(
                 client.provider,
                 &client.request.model,
                 client.request.stream,
@@ -278,7 +280,7 @@ impl Shadowing<'_> {
         self.shadow.submit(Pending {
             route: client.route.to_string(),
             model: client.request.model.clone(),
-            compressor: client.compressor.to_string(),
+            compressor: self.legs.compressor.to_string(),
             served: self.legs.served,
             request_text: self.legs.request_text,
             tokens_original: self.legs.tokens_original,
@@ -288,29 +290,5 @@ impl Shadowing<'_> {
             noise: self.legs.noise,
             reserved_usd: self.reserved_usd,
         });
-    }
-}
-
-/// The answer the client received, in the equivalence gates' terms; `None` when it cannot be
-/// read (an error, a truncated stream).
-fn client_answer(
-    door: FrontDoor,
-    provider: &dyn Provider,
-    model: &str,
-    stream: bool,
-    body: &[u8],
-) -> Option<Answer> {
-    match (door, stream) {
-        (FrontDoor::ChatCompletions, false) => Answer::from_completion(body),
-        (FrontDoor::ChatCompletions, true) => Answer::from_stream(body),
-        (FrontDoor::AnthropicMessages, false) => {
-            Answer::from_completion(&provider.decode_chat(body, model).ok()?)
-        }
-        (FrontDoor::AnthropicMessages, true) => {
-            let mut transcoder = provider.stream_transcoder(model, true);
-            let mut chunks = transcoder.feed(body);
-            chunks.extend(transcoder.finish());
-            Answer::from_stream(&chunks)
-        }
     }
 }

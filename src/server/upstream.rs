@@ -15,7 +15,8 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
-use super::response::{self, ResponseMode};
+use super::accounting::Accounting;
+use super::relay::{self, ExchangeError, ResponseMode, HOP_BY_HOP};
 use crate::config::UpstreamSettings;
 use crate::error::ProxyError;
 use crate::providers::{self, Provider};
@@ -24,20 +25,6 @@ use crate::providers::{self, Provider};
 const DNS_TTL: Duration = Duration::from_secs(30);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
-
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the ones
-/// this proxy recomputes.
-pub(super) const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 pub struct Upstream {
     pub settings: UpstreamSettings,
@@ -50,29 +37,12 @@ pub struct Upstream {
 /// How the answer goes back to the client: extra headers, relayed or translated, and an optional
 /// copy of what the client got.
 pub struct Reply<'a> {
-    pub extra: &'a [(&'static str, String)],
+    pub extra: Vec<(&'static str, String)>,
+    /// The request's token accounting, whose headers join `extra` once a count still running off
+    /// the I/O thread is in (it had the upstream's whole answer time to finish).
+    pub accounting: Option<&'a mut Accounting>,
     pub mode: ResponseMode,
-    pub capture: Option<&'a mut response::Capture>,
-}
-
-/// Where an exchange failed: before anything reached the client (answer with a JSON error), or
-/// after the response started (the only honest signal left is closing the connection).
-#[derive(Debug)]
-pub enum ExchangeError {
-    BeforeResponse(ProxyError),
-    AfterResponse(String),
-}
-
-impl ExchangeError {
-    fn into_proxy_error(self) -> ProxyError {
-        match self {
-            Self::BeforeResponse(e) => e,
-            Self::AfterResponse(reason) => ProxyError::UpstreamProtocol {
-                upstream: String::new(),
-                reason,
-            },
-        }
-    }
+    pub capture: Option<&'a mut relay::Capture>,
 }
 
 impl Upstream {
@@ -265,19 +235,23 @@ impl Upstream {
         reply: Reply<'_>,
     ) -> Result<u16, ExchangeError> {
         let Reply {
-            extra,
+            mut extra,
+            accounting,
             mode,
             capture,
         } = reply;
         let peer = self.peer().await.map_err(ExchangeError::BeforeResponse)?;
         let mut up = self.send(connector, &peer, request, body).await?;
+        if let Some(accounting) = accounting {
+            extra.extend(accounting.headers().await);
+        }
+        let extra = &extra;
         let reusable = match mode {
             ResponseMode::Relay => {
-                response::relay(self.name(), &mut up, client, extra, capture).await?
+                relay::relay(self.name(), &mut up, client, extra, capture).await?
             }
             ResponseMode::Translate(translation) => {
-                response::translate(self.name(), &mut up, client, extra, translation, capture)
-                    .await?
+                relay::translate(self.name(), &mut up, client, extra, translation, capture).await?
             }
         };
         if reusable.1 {
@@ -308,7 +282,7 @@ impl Upstream {
         loop {
             match up.read_response_body().await {
                 Ok(Some(chunk)) => {
-                    if answer.len() + chunk.len() > response::MAX_TRANSLATED_BODY {
+                    if answer.len() + chunk.len() > relay::MAX_TRANSLATED_BODY {
                         return Err(ProxyError::UpstreamProtocol {
                             upstream: self.name().to_string(),
                             reason: "answer too large".into(),

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{Leg, Rollout, Route, ShadowSettings};
-use crate::equivalence::{Answer, Embedder, JudgeClient, Scorer};
+use crate::equivalence::{Answer, Embedder, GateParts, JudgeClient, Scorer};
 use store::{Sample, ShadowStore, SqliteStore};
 
 /// One answer of a leg and how long it took.
@@ -144,11 +144,7 @@ impl Shadow {
             .build()
             .map_err(|e| e.to_string())?;
         let (queue, jobs) = mpsc::channel(settings.queue);
-        let scorer = Scorer {
-            embedder,
-            judge,
-            thresholds: settings.thresholds,
-        };
+        let scorer = Scorer::new(&GateParts { embedder, judge }, settings.thresholds.clone());
         let rollouts: HashMap<String, Rollout> = routes
             .iter()
             .map(|r| (r.name.clone(), r.compression.rollout))

@@ -212,7 +212,7 @@ impl Shadow {
         scores: &crate::equivalence::GateScores,
         scorer: &Scorer,
     ) -> f64 {
-        let judge_cost = match (scores.judge_tokens, &self.settings.judge_model) {
+        let judge_cost = match (scores.model_tokens, &self.settings.judge_model) {
             (Some((prompt, completion)), Some(model)) => {
                 cost(self.settings.price(model), prompt, completion)
             }

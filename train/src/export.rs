@@ -1,5 +1,5 @@
 //! `condenser-train export` writes a run's best LoRA factors as the GGUF adapter llama.cpp
-//! loads (`condenser::adapters::write_lora`) and records it in `adapters/manifest.toml`: base
+//! loads (`condenser::lora::write_lora`) and records it in `adapters/manifest.toml`: base
 //! model and its sha256, objective, rank/alpha/targets, data and split seed, steps, final
 //! validation scores. `merge` folds an adapter into the base and writes one GGUF that `model =`
 //! loads without `lora`.
@@ -12,7 +12,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use condenser::adapters::{write_lora, LoraPair};
+use condenser::lora::{write_lora, LoraPair};
 
 use crate::lora::{TrainConfig, TrainState, ValScores, BEST, CONFIG_FILE, LAST, STATE_FILE};
 

@@ -227,7 +227,7 @@ fn a_trained_adapter_loads_in_llama_cpp_changes_select_and_merges() {
 fn an_adapter_that_does_not_fit_the_base_is_refused_by_llama_cpp_naming_the_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let wrong = dir.path().join("wrong-rank.gguf");
-    let pair = condenser::adapters::LoraPair {
+    let pair = condenser::lora::LoraPair {
         weight: "blk.0.attn_q.weight".into(),
         n_in: 7,
         n_out: 5,
@@ -235,7 +235,7 @@ fn an_adapter_that_does_not_fit_the_base_is_refused_by_llama_cpp_naming_the_file
         a: vec![0.1; 14],
         b: vec![0.1; 10],
     };
-    condenser::adapters::write_lora(&wrong, "llama", 2.0, &[pair]).expect("write");
+    condenser::lora::write_lora(&wrong, "llama", 2.0, &[pair]).expect("write");
     let error = LocalModel::load(&LocalModelConfig {
         lora: Some((wrong.clone(), 1.0)),
         ..LocalModelConfig::cpu(base(), 1, 512)

@@ -20,6 +20,42 @@ pub struct CompressionView {
     origins: Vec<Origin>,
 }
 
+/// Every text a view of `body` would expose to compression (system, message text blocks,
+/// `tool_result` contents), borrowed: what an uncompressed request's token count reads, without
+/// building the view.
+pub fn texts(body: &Map<String, Value>) -> Vec<&str> {
+    fn push<'a>(content: Option<&'a Value>, out: &mut Vec<&'a str>) {
+        match content {
+            Some(Value::String(s)) => out.push(s),
+            Some(Value::Array(blocks)) => {
+                for block in blocks {
+                    match block.get("type").and_then(Value::as_str) {
+                        Some("text") => {
+                            if let Some(text) = block.get("text").and_then(Value::as_str) {
+                                out.push(text);
+                            }
+                        }
+                        Some("tool_result") => push(block.get("content"), out),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    push(body.get("system"), &mut out);
+    for message in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        push(message.get("content"), &mut out);
+    }
+    out
+}
+
 impl CompressionView {
     pub fn of(body: &Map<String, Value>) -> Self {
         let mut messages = Vec::new();
@@ -140,5 +176,21 @@ mod tests {
         assert_eq!(map["messages"][2]["content"][0]["tool_use_id"], "t1");
         assert_eq!(map["messages"][2]["content"][1]["text"], "question?");
         assert_eq!(map["messages"][1], body["messages"][1]);
+    }
+
+    #[test]
+    fn texts_are_what_the_view_exposes() {
+        let body = json!({
+            "system": [{"type": "text", "text": "sys"}],
+            "messages": [
+                {"role": "user", "content": "doc"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"q": "not text"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "result"}]},
+                    {"type": "text", "text": "question?"}]}
+            ]
+        });
+        let map = body.as_object().expect("object");
+        assert_eq!(texts(map), vec!["sys", "doc", "result", "question?"]);
     }
 }

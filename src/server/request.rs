@@ -1,6 +1,7 @@
-//! Reading the client's request body whole, under the configured size cap. Chat requests must be
-//! read whole to be routed on `model` and compressed; the cap is enforced both from
-//! `Content-Length` (before reading a byte) and while reading (chunked bodies).
+//! What condenser reads of the client's request: header values, the path, and the body, read
+//! whole under the configured size cap. Chat requests must be read whole to be routed on `model`
+//! and compressed; the cap is enforced both from `Content-Length` (before reading a byte) and
+//! while reading (chunked bodies).
 
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
@@ -41,4 +42,21 @@ pub async fn read_whole(session: &mut Session, limit: usize) -> Result<Bytes, Pr
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// A request header's value, when present and visible ASCII.
+pub fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The client's path with its query string.
+pub fn path_and_query(session: &Session) -> String {
+    session.req_header().uri.path_and_query().map_or_else(
+        || session.req_header().uri.path().to_string(),
+        |pq| pq.as_str().to_string(),
+    )
 }

@@ -1,6 +1,7 @@
-//! Writing an upstream's answer to the client: relayed byte for byte as it arrives
-//! (OpenAI-compatible upstreams), or translated from another provider's dialect — streams
-//! transcoded chunk by chunk, whole answers and errors decoded into OpenAI JSON.
+//! Relaying an upstream's answer to the client: byte for byte as it arrives (OpenAI-compatible
+//! upstreams), or translated from another provider's dialect — streams transcoded chunk by chunk,
+//! whole answers and errors decoded into OpenAI JSON. Also what an exchange can fail with, and
+//! the hop-by-hop headers never copied between the two sides.
 
 use std::sync::Arc;
 
@@ -9,9 +10,42 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 
-use super::upstream::{ExchangeError, HOP_BY_HOP};
 use crate::error::ProxyError;
 use crate::providers::Provider;
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the ones
+/// this proxy recomputes.
+pub(super) const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Where an exchange failed: before anything reached the client (answer with a JSON error), or
+/// after the response started (the only honest signal left is closing the connection).
+#[derive(Debug)]
+pub enum ExchangeError {
+    BeforeResponse(ProxyError),
+    AfterResponse(String),
+}
+
+impl ExchangeError {
+    pub(super) fn into_proxy_error(self) -> ProxyError {
+        match self {
+            Self::BeforeResponse(e) => e,
+            Self::AfterResponse(reason) => ProxyError::UpstreamProtocol {
+                upstream: String::new(),
+                reason,
+            },
+        }
+    }
+}
 
 /// Largest non-streaming answer buffered for translation.
 pub(super) const MAX_TRANSLATED_BODY: usize = 64 * 1024 * 1024;

@@ -1,5 +1,6 @@
-//! Writing complete responses the proxy produces itself (health, model list, errors): one header
-//! with `Content-Length`, one body write, so small answers leave in one segment.
+//! Writing complete responses the proxy produces itself (health, model list, errors), as opposed
+//! to relaying an upstream's (`relay`): one header with `Content-Length`, one body write, so
+//! small answers leave in one segment.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;

@@ -1,0 +1,55 @@
+//! One structured access-log line per request: method, path, status, route, compressor, tokens
+//! before and after, elapsed time and the error if any. Never bodies, never keys.
+
+use std::time::Instant;
+
+use pingora::proxy::Session;
+
+/// Per-request facts for the access log, filled in as the request is served.
+pub struct RequestLog {
+    pub start: Instant,
+    pub status: u16,
+    pub route: Option<String>,
+    pub compressor: Option<&'static str>,
+    pub tokens: Option<(usize, usize)>,
+    pub error: Option<String>,
+    /// Errors on the Anthropic-native front door are written in Anthropic's shape.
+    pub anthropic_errors: bool,
+}
+
+impl RequestLog {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            status: 0,
+            route: None,
+            compressor: None,
+            tokens: None,
+            error: None,
+            anthropic_errors: false,
+        }
+    }
+
+    /// Writes the line.
+    pub fn write(&self, session: &Session) {
+        let (tokens_before, tokens_after) = self.tokens.unwrap_or((0, 0));
+        tracing::info!(
+            method = %session.req_header().method,
+            path = %session.req_header().uri.path(),
+            status = self.status,
+            route = self.route.as_deref().unwrap_or("-"),
+            compressor = self.compressor.unwrap_or("-"),
+            tokens_before,
+            tokens_after,
+            elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            error = self.error.as_deref().unwrap_or(""),
+            "request"
+        );
+    }
+}
+
+impl Default for RequestLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,298 @@
+//! The request lifecycle both front doors share, `POST /v1/chat/completions` and the
+//! Anthropic-native `POST /v1/messages`: read and validate the body, route on `model`, decide the
+//! compressor (route setting, auto-rollout, `x-condenser-compress`), take a shadow sample,
+//! compress, encode with the door's codec, forward and relay the answer with the `x-condenser-*`
+//! accounting headers, and record what happened for the access log.
+//!
+//! The doors differ only in their codec (`codec`): an Anthropic request keeps its own format end
+//! to end (`anthropic-beta`, `cache_control` and unknown fields pass untouched) and is compressed
+//! through an OpenAI-shaped view of its text, built only when a compressor runs.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::proxy::Session;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use super::access_log::RequestLog;
+use super::accounting::Accounting;
+use super::codec::FrontDoor;
+use super::relay::{Capture, ExchangeError, ResponseMode, Translation};
+use super::request::{header_str, path_and_query, read_whole};
+use super::sampling::{compressor_for, ClientLeg, Sample};
+use super::state::AppState;
+use super::upstream::Reply;
+use crate::compress::{text_slots, CompressionOutcome, Tokenizer};
+use crate::config::{CompressorKind, Leg, Rollout};
+use crate::error::ProxyError;
+use crate::openai::{headers, ChatRequest};
+use crate::providers::anthropic::inbound::{self, CompressionView};
+
+/// Uncompressed requests whose uncached text is at most this many bytes are counted inline (a
+/// few tens of microseconds); larger ones on the blocking pool.
+const INLINE_COUNT_BYTES: usize = 2048;
+
+/// What the client asked for in `x-condenser-compress`.
+fn requested_compressor(
+    header: Option<&str>,
+    route_enabled: bool,
+    route_compressor: CompressorKind,
+) -> Result<Option<CompressorKind>, ProxyError> {
+    match header.map(|h| h.trim().to_ascii_lowercase()) {
+        None => Ok(route_enabled.then_some(route_compressor)),
+        Some(h) if h == headers::COMPRESS_OFF => Ok(None),
+        Some(h) if h == headers::COMPRESS_ON => Ok(Some(route_compressor)),
+        Some(h) => CompressorKind::named(&h)
+            .map(Some)
+            .ok_or(ProxyError::UnknownCompressor(h)),
+    }
+}
+
+/// A parsed request, its route, and the compression it asked for.
+struct Prepared {
+    raw: Bytes,
+    request: ChatRequest,
+    route: usize,
+    compressor: Option<CompressorKind>,
+    tokenizer: Tokenizer,
+    /// The client chose compression itself (`x-condenser-compress`): never shadowed.
+    client_chose: bool,
+}
+
+/// Reads and validates the body, routes it, and decides the compressor. Both doors' bodies have
+/// the same `model`/`messages` skeleton.
+async fn prepare(
+    state: &AppState,
+    session: &mut Session,
+    log: &mut RequestLog,
+) -> Result<Prepared, ProxyError> {
+    let raw = read_whole(session, state.config.server.max_body_bytes).await?;
+    let request = ChatRequest::parse(&raw)?;
+    let route = state
+        .router
+        .select(header_str(session, headers::ROUTE), Some(&request.model))?;
+    let settings = &state.router.route(route).compression;
+    let name = &state.router.route(route).name;
+    log.route = Some(name.clone());
+    // An auto-rollout route compresses while its shadow verdicts allow it.
+    let enabled = match settings.rollout {
+        Rollout::Manual => settings.enabled,
+        Rollout::Auto { .. } => {
+            state.shadow.as_ref().and_then(|s| s.serving(name)) == Some(Leg::Compressed)
+        }
+    };
+    let choice = header_str(session, headers::COMPRESS);
+    let compressor = requested_compressor(choice, enabled, settings.compressor)?;
+    let tokenizer = Tokenizer::for_model(&request.model);
+    Ok(Prepared {
+        raw,
+        request,
+        route,
+        compressor,
+        tokenizer,
+        client_chose: choice.is_some(),
+    })
+}
+
+/// Serves one request through `door`.
+pub async fn handle(
+    state: &Arc<AppState>,
+    session: &mut Session,
+    log: &mut RequestLog,
+    door: FrontDoor,
+) -> Result<(), ExchangeError> {
+    let before = ExchangeError::BeforeResponse;
+    let Prepared {
+        raw,
+        mut request,
+        route: route_index,
+        compressor,
+        tokenizer,
+        client_chose,
+    } = prepare(state, session, log).await.map_err(before)?;
+    let route = state.router.route(route_index);
+    let upstream = &state.upstreams[route.upstream];
+    door.accepts(&route.name, upstream).map_err(before)?;
+    let sample = Sample::take(
+        state,
+        route,
+        &request,
+        raw.len(),
+        client_chose,
+        compressor,
+        door,
+    );
+    let chosen = compressor_for(sample.as_ref(), compressor, route);
+    let (mut outcome, pending_count) =
+        compress(state, door, &mut request, route_index, chosen, tokenizer).await;
+    let shadowing =
+        sample.and_then(|s| s.start(state, session, route_index, &mut request, &mut outcome));
+    let unchanged = (!outcome.changed).then(|| raw.clone());
+    let encoded = door
+        .encode(upstream, &request, &path_and_query(session), unchanged)
+        .map_err(before)?;
+    let mode = match (door, &encoded.native_model) {
+        (FrontDoor::ChatCompletions, Some(model)) => ResponseMode::Translate(Translation {
+            provider: upstream.provider.clone(),
+            model: model.clone(),
+            stream: request.stream,
+            include_usage: request
+                .body
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }),
+        _ => ResponseMode::Relay,
+    };
+    let header = upstream
+        .request_header(
+            session.req_header(),
+            &encoded.path,
+            encoded.body.len(),
+            false,
+            &encoded.headers,
+        )
+        .map_err(before)?;
+    tracing::debug!(
+        route = %route.name,
+        model = %request.model,
+        stream = request.stream,
+        compressor = outcome.compressor,
+        "forwarding"
+    );
+    let mut accounting = Accounting::new(
+        &outcome,
+        pending_count,
+        &route.name,
+        tokenizer,
+        &request.model,
+    );
+    accounting.shadow = shadowing.as_ref().map(|s| s.served());
+    let mut capture = shadowing.as_ref().map(|_| Capture::default());
+    let status = upstream
+        .exchange(
+            &state.connector,
+            session,
+            header,
+            encoded.body,
+            Reply {
+                extra: Vec::new(),
+                accounting: Some(&mut accounting),
+                mode,
+                capture: capture.as_mut(),
+            },
+        )
+        .await;
+    if let Some(shadowing) = shadowing {
+        shadowing.finish(ClientLeg {
+            status: &status,
+            capture,
+            provider: upstream.provider.as_ref(),
+            request: &request,
+            route: &route.name,
+        });
+    }
+    log.compressor = Some(accounting.compressor);
+    log.status = status?;
+    log.tokens = Some(accounting.resolve().await);
+    Ok(())
+}
+
+/// Compresses the request's messages with `compressor`, or counts them when there is none (on
+/// the blocking pool when that would cost the I/O thread more than a few tens of microseconds).
+async fn compress(
+    state: &AppState,
+    door: FrontDoor,
+    request: &mut ChatRequest,
+    route_index: usize,
+    compressor: Option<CompressorKind>,
+    tokenizer: Tokenizer,
+) -> (CompressionOutcome, Option<JoinHandle<usize>>) {
+    let settings = state.router.route(route_index).compression.pipeline();
+    let Some(kind) = compressor else {
+        return count_uncompressed(door, request, tokenizer);
+    };
+    let pipeline = &state.pipeline;
+    let outcome = match door {
+        FrontDoor::ChatCompletions => {
+            pipeline
+                .apply(request.messages_mut(), kind, settings, tokenizer)
+                .await
+        }
+        FrontDoor::AnthropicMessages => {
+            let mut view = CompressionView::of(&request.body);
+            let outcome = pipeline
+                .apply(&mut view.messages, kind, settings, tokenizer)
+                .await;
+            if outcome.changed {
+                view.write_back(&mut request.body);
+            }
+            outcome
+        }
+    };
+    (outcome, None)
+}
+
+/// The token count of an uncompressed request: inline when its texts are cached or short,
+/// otherwise started on the blocking pool (the count is pending in the second value).
+fn count_uncompressed(
+    door: FrontDoor,
+    request: &ChatRequest,
+    tokenizer: Tokenizer,
+) -> (CompressionOutcome, Option<JoinHandle<usize>>) {
+    let texts: Vec<&str> = match door {
+        FrontDoor::ChatCompletions => request
+            .messages()
+            .iter()
+            .flat_map(|m| text_slots(m).into_iter().map(|(_, t)| t))
+            .collect(),
+        FrontDoor::AnthropicMessages => inbound::texts(&request.body),
+    };
+    let uncached: usize = texts
+        .iter()
+        .filter(|t| tokenizer.cached_count(t).is_none())
+        .map(|t| t.len())
+        .sum();
+    let outcome = |tokens| CompressionOutcome {
+        changed: false,
+        tokens_before: tokens,
+        tokens_after: tokens,
+        compressor: "off",
+        failed_open: false,
+    };
+    if uncached <= INLINE_COUNT_BYTES {
+        let tokens = texts.iter().map(|t| tokenizer.count(t)).sum();
+        return (outcome(tokens), None);
+    }
+    let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+    let pending =
+        tokio::task::spawn_blocking(move || owned.iter().map(|t| tokenizer.count(t)).sum());
+    (outcome(0), Some(pending))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_overrides_route_setting() {
+        let ext = CompressorKind::EXTRACTIVE;
+        assert_eq!(requested_compressor(None, true, ext).ok(), Some(Some(ext)));
+        assert_eq!(requested_compressor(None, false, ext).ok(), Some(None));
+        assert_eq!(
+            requested_compressor(Some("off"), true, ext).ok(),
+            Some(None)
+        );
+        assert_eq!(
+            requested_compressor(Some("ON"), false, ext).ok(),
+            Some(Some(ext))
+        );
+        assert_eq!(
+            requested_compressor(Some("truncate"), false, ext).ok(),
+            Some(CompressorKind::named("truncate"))
+        );
+        assert!(requested_compressor(Some("zip"), true, ext).is_err());
+    }
+}
