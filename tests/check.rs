@@ -150,3 +150,42 @@ fn a_mismatched_adapter_is_refused_naming_the_file() {
         assert!(stderr.contains("compressors.select.lora"), "{stderr}");
     }
 }
+
+#[test]
+fn compressors_and_gates_are_listed_by_name() {
+    let out = check(&shipped(), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "compressors: identity, truncate, extractive, prune (needs [compressors.prune])"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("equivalence gates: facts, embedding, judge"),
+        "{stdout}"
+    );
+    let stderr = |config: String| String::from_utf8_lossy(&check(&config, &[]).stderr).to_string();
+    let unknown = stderr(shipped().replace("compressor = \"extractive\"", "compressor = \"zip\""));
+    assert!(
+        unknown.contains("registered: identity, truncate, extractive, prune, rewrite, select"),
+        "{unknown}"
+    );
+    let section = stderr(shipped() + "\n[compressors.extractive]\nmodel = \"m.gguf\"\n");
+    assert!(
+        section.contains("compressors.extractive")
+            && section.contains("registered: prune, rewrite, select"),
+        "{section}"
+    );
+    let gate = stderr(
+        shipped().replace(
+            "timeout_ms = 250",
+            "timeout_ms = 250\n[routes.shadow]\nsample_rate = 0.1",
+        ) + "\n[shadow]\n[shadow.thresholds]\nvibes = 0.5\n",
+    );
+    assert!(
+        gate.contains("shadow.thresholds.vibes")
+            && gate.contains("registered: facts, embedding, judge"),
+        "{gate}"
+    );
+}
