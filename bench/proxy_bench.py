@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Proxy overhead, compression off: direct to the mock vs through condenser vs through LiteLLM.
+"""Proxy overhead, compression off: direct to the mock vs a plain pingora passthrough vs condenser
+vs LiteLLM.
 
-All three measured in one run against the same mock upstream (examples/mock_upstream.rs), on
-the same machine as the load generators. Prints a markdown table.
+All measured in one run against the same mock upstream (examples/mock_upstream.rs), on the same
+machine as the load generators. Each proxy is started fresh, measured for its first 5 s cold, then
+warmed up and measured. Prints a markdown table.
 
-  cargo build --release --bin condenser --example mock_upstream
-  python3 bench/proxy_bench.py [--litellm /path/to/venv/bin/litellm] [--seconds 10]
+  cargo build --release --bin condenser --example mock_upstream --example pingora_passthrough
+  python3 bench/proxy_bench.py [--threads 1] [--litellm /path/to/venv/bin/litellm] [--seconds 10]
 """
 
 import argparse
@@ -22,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = os.path.join(ROOT, "bench", "body-4k.json")
 TARGETS = {
     "direct (mock)": "http://127.0.0.1:18001/v1/chat/completions",
+    "pingora passthrough": "http://127.0.0.1:18004/v1/chat/completions",
     "condenser": "http://127.0.0.1:18002/v1/chat/completions",
     "LiteLLM 1.91.5": "http://127.0.0.1:18003/v1/chat/completions",
 }
@@ -88,63 +91,109 @@ def wrk(url, seconds, connections):
     return {"rps": rps, "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm")
-    ap.add_argument("--seconds", type=int, default=10)
-    args = ap.parse_args()
-    procs = {}
-    procs["direct (mock)"] = subprocess.Popen(
-        [os.path.join(ROOT, "target/release/examples/mock_upstream"), "127.0.0.1:18001"],
-        stdout=subprocess.DEVNULL)
-    wait_port(18001)
-    procs["condenser"] = subprocess.Popen(
-        [os.path.join(ROOT, "target/release/condenser"), "serve", "--config",
-         os.path.join(ROOT, "bench/proxy.toml")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
-    wait_port(18002)
-    targets = dict(TARGETS)
-    if os.path.exists(args.litellm):
-        procs["LiteLLM 1.91.5"] = subprocess.Popen(
+def start(name, args, threads):
+    """Starts one target's process; returns it once its port is open."""
+    if name == "direct (mock)":
+        proc = subprocess.Popen(
+            [os.path.join(ROOT, "target/release/examples/mock_upstream"), "127.0.0.1:18001"],
+            stdout=subprocess.DEVNULL)
+        wait_port(18001)
+    elif name == "pingora passthrough":
+        proc = subprocess.Popen(
+            [os.path.join(ROOT, "target/release/examples/pingora_passthrough"), "127.0.0.1:18004",
+             "127.0.0.1:18001", str(threads)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(18004)
+    elif name == "condenser":
+        with open(os.path.join(ROOT, "bench/proxy.toml")) as f:
+            config = f.read().replace("threads = 1", f"threads = {threads}")
+        path = f"/tmp/condenser-bench-{os.getpid()}.toml"
+        with open(path, "w") as f:
+            f.write(config)
+        proc = subprocess.Popen(
+            [os.path.join(ROOT, "target/release/condenser"), "serve", "--config", path],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": "warn"})
+        wait_port(18002)
+    else:
+        proc = subprocess.Popen(
             [args.litellm, "--config", os.path.join(ROOT, "bench/litellm.yaml"), "--port", "18003",
              "--num_workers", "1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "LITELLM_LOG": "ERROR"})
         wait_port(18003)
         time.sleep(3)
-    else:
+    return proc
+
+
+def stop(proc):
+    try:
+        if "litellm" in " ".join(proc.args):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except Exception:
+        proc.kill()
+    proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="worker threads of condenser and the pingora passthrough (0: one per core)")
+    args = ap.parse_args()
+    threads = args.threads or os.cpu_count()
+    targets = dict(TARGETS)
+    if not os.path.exists(args.litellm):
         log(f"LiteLLM not found at {args.litellm}; skipping it")
         del targets["LiteLLM 1.91.5"]
     rows = []
+    mock = start("direct (mock)", args, threads)
     try:
         for name, url in targets.items():
-            pid = procs[name].pid
-            # Warm up (connection pools, lazy init) before measuring.
-            oha(url, 2, 4)
-            idle = rss_mib(pid)
-            log(f"{name}: 1 connection")
-            single = oha(url, args.seconds, 1)
-            log(f"{name}: fixed rate")
-            fixed_100 = oha(url, args.seconds, 16, rate=100)
-            fixed_2k = oha(url, args.seconds, 16, rate=2000) if "LiteLLM" not in name else None
-            log(f"{name}: ceiling")
-            ceiling = wrk(url, args.seconds, 16)
-            loaded = rss_mib(pid)
-            rows.append((name, idle, loaded, single, fixed_100, fixed_2k, ceiling))
-    finally:
-        for p in procs.values():
+            proc = mock if name == "direct (mock)" else start(name, args, threads)
             try:
-                os.killpg(p.pid, signal.SIGKILL) if p.pid and "litellm" in " ".join(p.args) else p.kill()
-            except Exception:
-                p.kill()
+                # The first seconds of a fresh process, before anything warmed it up.
+                cold = oha(url, 5, 16) if name in ("condenser", "pingora passthrough") else None
+                # Warm up (connection pools, lazy init) before measuring.
+                oha(url, 2, 4)
+                idle = rss_mib(proc.pid)
+                log(f"{name}: 1 connection")
+                single = oha(url, args.seconds, 1)
+                log(f"{name}: fixed rate")
+                fixed_100 = oha(url, args.seconds, 16, rate=100)
+                fixed_2k = oha(url, args.seconds, 16, rate=2000) if "LiteLLM" not in name else None
+                log(f"{name}: ceiling")
+                ceiling = wrk(url, args.seconds, 16)
+                loaded = rss_mib(proc.pid)
+                rows.append((name, idle, loaded, single, fixed_100, fixed_2k, ceiling, cold))
+            finally:
+                if proc is not mock:
+                    stop(proc)
+    finally:
+        stop(mock)
     base = rows[0]
-    print("| target | ceiling req/s (wrk, 16 conn) | 1 conn p50 / p99 ms | 100 req/s p50 / p99 ms | 2k req/s p50 / p99 ms | added p99 at 2k req/s | idle RSS MiB | loaded RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, idle, loaded, single, f100, f2k, ceil in rows:
+    print(f"threads: {threads}; {args.seconds} s per measurement")
+    print()
+    print("| target | ceiling req/s (wrk, 16 conn) | × direct | first 5 s, 16 conn p50 / p99 ms | 1 conn p50 / p99 ms | 100 req/s p50 / p99 ms | 2k req/s p50 / p99 ms | added p50 / p99 at 2k req/s | idle RSS MiB | loaded RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, idle, loaded, single, f100, f2k, ceil, cold in rows:
         two_k = f"{f2k['p50_ms']:.2f} / {f2k['p99_ms']:.2f}" if f2k else "n/a (below capacity)"
-        added = f"{f2k['p99_ms'] - base[5]['p99_ms']:+.2f} ms" if f2k and name != base[0] else "—"
-        print(f"| {name} | {ceil['rps']:,.0f} | {single['p50_ms']:.2f} / {single['p99_ms']:.2f} | "
+        added = (f"{f2k['p50_ms'] - base[5]['p50_ms']:+.2f} / {f2k['p99_ms'] - base[5]['p99_ms']:+.2f}"
+                 if f2k and name != base[0] else "—")
+        first = f"{cold['p50_ms']:.2f} / {cold['p99_ms']:.2f}" if cold else "—"
+        print(f"| {name} | {ceil['rps']:,.0f} | {ceil['rps'] / base[6]['rps']:.2f} | {first} | "
+              f"{single['p50_ms']:.2f} / {single['p99_ms']:.2f} | "
               f"{f100['p50_ms']:.2f} / {f100['p99_ms']:.2f} | {two_k} | {added} | {idle:.1f} | {loaded:.1f} |")
+    by_name = {r[0]: r for r in rows}
+    if "condenser" in by_name and "pingora passthrough" in by_name:
+        c, p = by_name["condenser"], by_name["pingora passthrough"]
+        print()
+        print(f"condenser over the pingora passthrough: 1 conn p50 {c[3]['p50_ms'] - p[3]['p50_ms']:+.3f} ms, "
+              f"2k req/s p50 {c[5]['p50_ms'] - p[5]['p50_ms']:+.2f} ms / p99 {c[5]['p99_ms'] - p[5]['p99_ms']:+.2f} ms, "
+              f"ceiling {c[6]['rps'] / p[6]['rps']:.2f}×")
     failures = [(r[0], r[6]["errors"]) for r in rows if r[6]["errors"]]
     if failures:
         print(f"\nnon-2xx responses under wrk: {failures}")

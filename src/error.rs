@@ -3,6 +3,8 @@
 
 use serde_json::json;
 
+use crate::openai::WireError;
+
 /// An error answered to the client before any response byte was sent.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -65,9 +67,16 @@ impl ProxyError {
             Self::NoRoute(_) => Some("model"),
             _ => None,
         };
-        json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})
-            .to_string()
-            .into_bytes()
+        crate::openai::error::error_body(&self.to_string(), kind, param, code)
+    }
+}
+
+impl From<WireError> for ProxyError {
+    fn from(error: WireError) -> Self {
+        match error {
+            WireError::MalformedJson(reason) => Self::MalformedJson(reason),
+            WireError::Invalid(reason) => Self::InvalidRequest(reason),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! OpenAI, Anthropic and Gemini through the upstreams its config names. Requests to a proxy carry
 //! `x-condenser-compress: off`, so the context is exactly what the eval chose to send.
 //!
-//! HTTPS uses rustls (ring) and the platform's certificate store; `CONDENSER_EVAL_CA_FILE` names
+//! HTTPS uses rustls and the platform's certificate store; `CONDENSER_EVAL_CA_FILE` names
 //! a PEM bundle of extra roots (a private CA in front of an internal endpoint).
 
 use std::path::{Path, PathBuf};
@@ -80,8 +80,6 @@ impl TaskModel {
         let Some((base, model)) = spec.split_once('#') else {
             bail!("a remote task model is written URL#MODEL, e.g. http://127.0.0.1:8080/v1#gpt-4o-mini");
         };
-        // Once per process; a second call finds it installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300));
         if let Some(path) = ca_file {
             let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

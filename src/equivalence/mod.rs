@@ -3,7 +3,6 @@
 //! `condenser-eval equivalence`. Tool-call answers are compared by function name and argument JSON
 //! instead. A sample passes when every gate that ran passes.
 
-pub mod answer;
 pub mod embedding;
 pub mod facts;
 pub mod gates;
@@ -15,7 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use answer::Answer;
+/// An answer as the gates compare it (read from OpenAI's wire shapes).
+pub use crate::openai::Answer;
 pub use embedding::Embedder;
 pub use gates::{gate_names, Case, Gate, GateFinding, GateParts, Thresholds, GATES};
 pub use judge::JudgeVerdict;

@@ -88,14 +88,9 @@ pub fn for_kind(kind: UpstreamKind) -> Arc<dyn Provider> {
     }
 }
 
-/// Seconds since the epoch, for OpenAI's `created` fields.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(crate) use crate::openai::unix_now;
 
 /// An OpenAI-shaped error body.
 pub(crate) fn openai_error(message: &str, kind: &str, code: &str) -> serde_json::Value {
-    serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+    crate::openai::error::error_value(message, kind, None, code)
 }

@@ -4,8 +4,6 @@
 
 use serde_json::{json, Map, Value};
 
-use super::sse::data_frame;
-use super::unix_now;
 use crate::error::ProxyError;
 
 /// One assistant tool call: `(id, function name, parsed arguments)`.
@@ -66,38 +64,6 @@ pub fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value
     turn.insert("role".into(), json!(role));
     turn.insert(key.into(), Value::Array(items));
     turns.push(Value::Object(turn));
-}
-
-/// Writes OpenAI stream frames for one response.
-pub struct ChunkWriter {
-    pub id: String,
-    pub model: String,
-    created: u64,
-}
-
-impl ChunkWriter {
-    pub fn new(id: &str, model: &str) -> Self {
-        Self {
-            id: id.to_string(),
-            model: model.to_string(),
-            created: unix_now(),
-        }
-    }
-
-    pub fn chunk(&self, delta: Value, finish: Option<&str>) -> Vec<u8> {
-        data_frame(&json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        }))
-    }
-
-    /// The final chunk of `stream_options.include_usage`: no choices, only usage.
-    pub fn usage_chunk(&self, usage: Value) -> Vec<u8> {
-        data_frame(&json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model, "choices": [], "usage": usage,
-        }))
-    }
 }
 
 #[cfg(test)]

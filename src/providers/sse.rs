@@ -86,13 +86,6 @@ fn parse_event(raw: &str) -> Option<SseEvent> {
     })
 }
 
-/// One OpenAI-style SSE frame.
-pub fn data_frame(json: &serde_json::Value) -> Vec<u8> {
-    format!("data: {json}\n\n").into_bytes()
-}
-
-pub const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The pingora service. Every request is answered in `request_filter` (which returns `Ok(true)`):
 //! pingora picks the upstream peer before any body hook runs, but condenser must read the body to
 //! route on `model` and to compress, so it reads the body itself and forwards over a pooled
-//! connector (see DESIGN.md). Phases, in order, per request:
+//! connector (README, "Decisions"). Phases, in order, per request:
 //! 1. `service` dispatches on method and path (`/healthz`, `GET /v1/models`, the admin
 //!    endpoints, `POST /v1/chat/completions` and `POST /v1/messages` through the shared
 //!    `front_door` lifecycle, any other `/v1/*` through `passthrough`);

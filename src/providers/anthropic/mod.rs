@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use super::shared::{push_turn, stop_sequences, tool_calls};
 use super::{openai_error, unix_now, EncodedRequest, Provider, StreamTranscoder};
 use crate::error::ProxyError;
+use crate::openai::completion;
 use crate::openai::ChatRequest;
 
 pub use stream::AnthropicStream;
@@ -239,22 +240,28 @@ pub fn decode_response(body: &[u8], model: &str) -> Result<Value, String> {
             _ => {} // thinking / redacted_thinking blocks have no OpenAI counterpart
         }
     }
-    let mut msg = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
-    if !tool_calls.is_empty() {
-        msg["tool_calls"] = Value::Array(tool_calls);
-    }
     let stop = message
         .get("stop_reason")
         .and_then(Value::as_str)
         .unwrap_or("end_turn");
-    Ok(json!({
-        "id": message.get("id").cloned().unwrap_or_else(|| json!("msg")),
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": message.get("model").and_then(Value::as_str).unwrap_or(model),
-        "choices": [{"index": 0, "message": msg, "logprobs": null, "finish_reason": finish_reason(stop)}],
-        "usage": usage(message.get("usage").unwrap_or(&Value::Null)),
-    }))
+    let id = message.get("id").and_then(Value::as_str).unwrap_or("msg");
+    let model = message
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(model);
+    let choice = completion::choice(
+        0,
+        completion::assistant_message(&text, tool_calls),
+        finish_reason(stop),
+    );
+    let usage = usage(message.get("usage").unwrap_or(&Value::Null));
+    Ok(completion::completion_value(
+        id,
+        model,
+        unix_now(),
+        vec![choice],
+        usage,
+    ))
 }
 
 /// `{"type":"error","error":{"type","message"}}` → OpenAI error body.

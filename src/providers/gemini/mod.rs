@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use super::shared::{push_turn, stop_sequences, tool_calls};
 use super::{openai_error, unix_now, EncodedRequest, Provider, StreamTranscoder};
 use crate::error::ProxyError;
+use crate::openai::completion;
 use crate::openai::ChatRequest;
 
 pub use stream::GeminiStream;
@@ -295,24 +296,35 @@ pub fn decode_response(body: &[u8], model: &str) -> Result<Value, String> {
                     o.remove("index");
                 }
             }
-            let reason = candidate.get("finishReason").and_then(Value::as_str).unwrap_or("STOP");
-            let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
+            let reason = candidate
+                .get("finishReason")
+                .and_then(Value::as_str)
+                .unwrap_or("STOP");
             let called = !calls.is_empty();
-            if called {
-                message["tool_calls"] = Value::Array(calls);
-            }
-            json!({"index": candidate.get("index").and_then(Value::as_u64).unwrap_or(i as u64), "message": message,
-                "logprobs": null, "finish_reason": finish_reason(reason, called)})
+            let message = completion::assistant_message(&text, calls);
+            let index = candidate
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(i as u64);
+            completion::choice(index, message, finish_reason(reason, called))
         })
         .collect();
-    Ok(json!({
-        "id": response.get("responseId").and_then(Value::as_str).unwrap_or("chatcmpl-gemini"),
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": response.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
-        "choices": choices,
-        "usage": usage(response.get("usageMetadata").unwrap_or(&Value::Null)),
-    }))
+    let id = response
+        .get("responseId")
+        .and_then(Value::as_str)
+        .unwrap_or("chatcmpl-gemini");
+    let model = response
+        .get("modelVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(model);
+    let usage = usage(response.get("usageMetadata").unwrap_or(&Value::Null));
+    Ok(completion::completion_value(
+        id,
+        model,
+        unix_now(),
+        choices,
+        usage,
+    ))
 }
 
 /// `{"error":{"code","message","status"}}` → OpenAI error body.

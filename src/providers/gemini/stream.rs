@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 
 use super::{candidate_parts, finish_reason, usage};
-use crate::providers::shared::ChunkWriter;
-use crate::providers::sse::{data_frame, SseParser, DONE_FRAME};
+use crate::openai::chunk::{data_frame, ChunkWriter, DONE_FRAME};
+use crate::providers::sse::SseParser;
 use crate::providers::{openai_error, StreamTranscoder};
 
 pub struct GeminiStream {

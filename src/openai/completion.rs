@@ -1,7 +1,41 @@
-//! An LLM answer reduced to what the equivalence gates compare — its text, its tool calls and
-//! its usage — read from an OpenAI chat-completion body or from the SSE stream a client received.
+//! A `chat.completion`: an answer reduced to its text, tool calls and usage — what the equivalence
+//! gates compare and the shadow scorer prices — read from a completion body or from the SSE
+//! stream a client received.
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// An assistant message; `content` is null when the answer is only tool calls.
+pub fn assistant_message(text: &str, tool_calls: Vec<Value>) -> Value {
+    let content = if text.is_empty() && !tool_calls.is_empty() {
+        Value::Null
+    } else {
+        json!(text)
+    };
+    let mut message = json!({"role": "assistant", "content": content, "refusal": null});
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    message
+}
+
+/// One entry of `choices`.
+pub fn choice(index: u64, message: Value, finish_reason: &str) -> Value {
+    json!({"index": index, "message": message, "logprobs": null, "finish_reason": finish_reason})
+}
+
+/// A `chat.completion` object.
+pub fn completion_value(
+    id: &str,
+    model: &str,
+    created: u64,
+    choices: Vec<Value>,
+    usage: Value,
+) -> Value {
+    json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": choices, "usage": usage,
+    })
+}
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Answer {
