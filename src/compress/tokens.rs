@@ -2,6 +2,7 @@
 //! GPT-4o / 4.1 / 5 and o-series families, `cl100k_base` for everything else (an estimate for
 //! non-OpenAI models, and documented as one).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use moka::sync::Cache;
@@ -75,9 +76,33 @@ impl Tokenizer {
     }
 
     pub fn bpe(self) -> &'static CoreBPE {
-        match self {
+        let bpe = match self {
             Self::O200k => tiktoken_rs::o200k_base_singleton(),
             Self::Cl100k => tiktoken_rs::cl100k_base_singleton(),
+        };
+        self.loaded_flag().store(true, Ordering::Release);
+        bpe
+    }
+
+    fn loaded_flag(self) -> &'static AtomicBool {
+        static O200K: AtomicBool = AtomicBool::new(false);
+        static CL100K: AtomicBool = AtomicBool::new(false);
+        match self {
+            Self::O200k => &O200K,
+            Self::Cl100k => &CL100K,
+        }
+    }
+
+    /// Whether the encoding is in memory (loading one takes hundreds of milliseconds).
+    pub fn is_loaded(self) -> bool {
+        self.loaded_flag().load(Ordering::Acquire)
+    }
+
+    /// Loads the encoding on the blocking pool if it is not in memory yet, so the first request
+    /// of a model family never stalls an I/O thread (and every request behind it).
+    pub async fn load_off_thread(self) {
+        if !self.is_loaded() {
+            let _ = tokio::task::spawn_blocking(move || self.bpe()).await;
         }
     }
 
@@ -108,12 +133,12 @@ impl Tokenizer {
         count_cache().get(&key).map(|n| n as usize)
     }
 
-    /// Loads both encodings and the count cache, so the first requests after start-up do not
-    /// pay for it (loading an encoding takes hundreds of milliseconds).
+    /// Loads `o200k_base` (OpenAI's current models) and the count cache at start-up, so the
+    /// first requests do not pay for them. `cl100k_base` (~25 MiB) is loaded on first use, off
+    /// the I/O threads (`load_off_thread`): a deployment that never sees such a model never
+    /// holds it.
     pub fn warm_up() {
-        for tokenizer in [Self::O200k, Self::Cl100k] {
-            tokenizer.count_uncached("warm up");
-        }
+        Self::O200k.count_uncached("warm up");
         count_cache();
     }
 

@@ -114,6 +114,7 @@ pub async fn handle(
     let route = state.router.route(route_index);
     let upstream = &state.upstreams[route.upstream];
     door.accepts(&route.name, upstream).map_err(before)?;
+    tokenizer.load_off_thread().await;
     let sample = Sample::take(
         state,
         route,
