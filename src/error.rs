@@ -35,6 +35,12 @@ pub enum ProxyError {
     Client(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("the admin API needs `Authorization: Bearer <admin key>`")]
+    AdminUnauthorized,
+    #[error("the admin API is read-only: set server.admin_key_env to allow changes")]
+    AdminReadOnly,
+    #[error("no route named `{0}`")]
+    RouteNotFound(String),
 }
 
 impl ProxyError {
@@ -53,6 +59,9 @@ impl ProxyError {
             Self::UpstreamProtocol { .. } => (502, "api_error", "upstream_protocol_error"),
             Self::Client(_) => (400, "invalid_request_error", "client_error"),
             Self::Internal(_) => (500, "api_error", "internal_error"),
+            Self::AdminUnauthorized => (401, "authentication_error", "invalid_admin_key"),
+            Self::AdminReadOnly => (403, "permission_error", "admin_read_only"),
+            Self::RouteNotFound(_) => (404, "invalid_request_error", "route_not_found"),
         }
     }
 

@@ -5,11 +5,13 @@
 
 pub mod compress;
 pub mod config;
+pub mod control;
 pub mod equivalence;
 pub mod error;
 #[cfg(feature = "local-model")]
 pub mod llm;
 pub mod lora;
+pub mod metrics;
 pub mod openai;
 pub mod providers;
 pub mod routing;

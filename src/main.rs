@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, default_value = "proxy.toml")]
         config: PathBuf,
     },
+    /// Every route's effective settings (the file plus the admin API's overrides) and where
+    /// each came from.
+    Routes {
+        #[arg(long, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Shadow A/B report per route from the shadow store.
     Report {
         #[arg(long, default_value = "proxy.toml")]
@@ -64,6 +73,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve { config, listen } => serve(&config, listen),
         Command::Check { config } => check(&config),
+        Command::Routes { config, json } => routes(&config, json),
         Command::Report {
             config,
             store,
@@ -121,16 +131,57 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn routes(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let cfg = config::load(path)?;
+    let overrides = condenser::control::Overrides::load(&cfg.server.overrides_file)?;
+    let routes: Vec<serde_json::Value> = overrides
+        .apply(&cfg.routes)
+        .iter()
+        .map(|route| overrides.describe(route, None))
+        .collect();
+    if json {
+        println!("{}", serde_json::json!({ "routes": routes }));
+        return Ok(());
+    }
+    println!(
+        "| route | compression | compressor | target ratio | shadow sample rate | overridden |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in &routes {
+        let c = &r["compression"];
+        let overridden: Vec<&str> = r["source"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, source)| *source == "override")
+            .map(|(key, _)| key.as_str())
+            .collect();
+        let enabled = match (c["rollout"].as_str(), c["enabled"].as_bool()) {
+            (Some("auto"), _) => "auto-rollout".to_string(),
+            (_, Some(true)) => "on".to_string(),
+            _ => "off".to_string(),
+        };
+        println!(
+            "| {} | {enabled} | {} | {} | {} | {} |",
+            r["name"].as_str().unwrap_or_default(),
+            c["compressor"].as_str().unwrap_or_default(),
+            c["target_ratio"],
+            r["shadow"]["sample_rate"]
+                .as_f64()
+                .map_or("–".to_string(), |s| s.to_string()),
+            if overridden.is_empty() {
+                "–".to_string()
+            } else {
+                overridden.join(", ")
+            },
+        );
+    }
+    Ok(())
+}
+
 fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let mut cfg = config::load(path).with_context(|| format!("loading {}", path.display()))?;
+    init_logging(cfg.server.log_format);
     if let Some(addr) = listen {
         cfg.server.listen = addr;
     }
@@ -152,7 +203,12 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let admin_listen = cfg.server.admin_listen;
-    let state = Arc::new(AppState::new(cfg, connector).map_err(anyhow::Error::msg)?);
+    let state = Arc::new(
+        AppState::new(cfg, connector)
+            .map_err(anyhow::Error::msg)?
+            .with_config_path(path),
+    );
+    reload_on_sighup(state.clone())?;
     let shadow = state.shadow.clone();
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -178,6 +234,47 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// `SIGHUP` re-reads the configuration file, like `POST /admin/reload`; a file that does not
+/// validate is logged and the running configuration stays.
+fn reload_on_sighup(state: Arc<AppState>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                    tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+                    return;
+                };
+                while hangups.recv().await.is_some() {
+                    match state.reload() {
+                        Ok(restart) if restart.is_empty() => tracing::info!("SIGHUP: reloaded"),
+                        Ok(restart) => tracing::warn!(?restart, "SIGHUP: reloaded; these changes apply at the next restart"),
+                        Err(error) => tracing::error!(%error, "SIGHUP: reload refused; the running configuration stays"),
+                    }
+                }
+            });
+        })?;
+    Ok(())
+}
+
+/// Diagnostics and the access log on stderr, as text (colours on a terminal) or one JSON object
+/// per line (`server.log_format = "json"`) for log pipelines. `RUST_LOG` filters either.
+fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// Longest the process waits at shutdown for shadow samples to be stored and scored.

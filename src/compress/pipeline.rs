@@ -76,6 +76,18 @@ impl Pipeline {
         }
     }
 
+    /// Whether this pipeline can run `kind` (model-backed compressors load at start-up).
+    pub fn has(&self, kind: CompressorKind) -> bool {
+        self.compressors.contains_key(&kind)
+    }
+
+    /// The compressors this pipeline can run, by name, sorted.
+    pub fn compressor_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.compressors.keys().map(|k| k.name()).collect();
+        names.sort_unstable();
+        names
+    }
+
     pub fn cache(&self) -> &CompressionCache {
         &self.cache
     }
@@ -153,6 +165,14 @@ impl Pipeline {
             }
             Err(error) => {
                 self.stats.fail_open.fetch_add(1, Ordering::Relaxed);
+                let cause = match error {
+                    CompressError::Timeout(_) => "timeout",
+                    CompressError::Failed { .. } => "error",
+                };
+                crate::metrics::metrics()
+                    .fail_open
+                    .with_label_values(&[compressor.name(), cause])
+                    .inc();
                 tracing::warn!(compressor = compressor.name(), %error, "compression failed open; forwarding the original");
                 outcome.failed_open = true;
             }

@@ -1,7 +1,9 @@
-//! Configuration: `proxy.toml` plus `CONDENSER__SECTION__KEY` environment overrides, parsed
+//! Configuration: `proxy.toml` plus `CONDENSER__SECTION__KEY` environment overrides (routes by
+//! name: `CONDENSER__ROUTES__<NAME>__KEY`, see `env`), parsed
 //! strictly (unknown keys rejected, errors name the key path), then validated across fields into
 //! the runtime types the proxy uses.
 
+mod env;
 mod raw;
 mod shadow;
 mod validate;
@@ -9,7 +11,7 @@ mod validate;
 use std::path::Path;
 
 pub use crate::compress::{CompressionMode, CompressorKind, ModelSettings, Role};
-pub use raw::UpstreamKind;
+pub use raw::{LogFormat, UpstreamKind};
 pub use raw::{
     RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer, RawUpstream,
 };
@@ -49,19 +51,22 @@ pub fn load_raw(path: &Path) -> Result<RawConfig, ConfigError> {
     if !path.is_file() {
         return Err(read_error("no such file".into()));
     }
+    let (merged_vars, route_vars) = env::split(std::env::vars());
     let merged = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
         .add_source(
             config::Environment::with_prefix("CONDENSER")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(merged_vars)),
         )
         .build()
         .map_err(|e| read_error(e.to_string()))?;
-    let tree: serde_json::Value = merged
+    let mut tree: serde_json::Value = merged
         .try_deserialize()
         .map_err(|e| read_error(e.to_string()))?;
+    env::apply_route_overrides(&mut tree, &route_vars)?;
     from_tree(tree)
 }
 

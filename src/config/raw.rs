@@ -91,8 +91,23 @@ pub struct RawServer {
     pub grace_period_seconds: u64,
     /// Bytes of compressed text kept in the compression cache.
     pub compression_cache_bytes: u64,
-    /// Listener for `/admin/*` (shadow report); absent: no admin endpoints.
+    /// Listener for `/admin/*` and `/metrics`; absent: no admin endpoints.
     pub admin_listen: Option<String>,
+    /// Environment variable holding the admin key (`Authorization: Bearer`). Unset: the admin
+    /// API is read-only (changes are refused).
+    pub admin_key_env: Option<String>,
+    /// Where route changes made through the admin API are kept across restarts.
+    pub overrides_file: String,
+    /// Access-log and diagnostics format: `text` or `json` (one JSON object per line).
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for RawServer {
@@ -105,6 +120,9 @@ impl Default for RawServer {
             grace_period_seconds: 5,
             compression_cache_bytes: 64 * 1024 * 1024,
             admin_listen: None,
+            admin_key_env: None,
+            overrides_file: "condenser-overrides.json".into(),
+            log_format: LogFormat::Text,
         }
     }
 }

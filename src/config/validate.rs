@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::raw::{RawCompression, RawConfig, RawLocalModel, UpstreamKind};
+use super::raw::{LogFormat, RawCompression, RawConfig, RawLocalModel, UpstreamKind};
 use super::shadow::{
     validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
 };
@@ -35,6 +35,9 @@ pub struct ServerSettings {
     pub grace_period_seconds: u64,
     pub compression_cache_bytes: u64,
     pub admin_listen: Option<SocketAddr>,
+    pub admin_key_env: Option<String>,
+    pub overrides_file: std::path::PathBuf,
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +266,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             grace_period_seconds: raw.server.grace_period_seconds,
             compression_cache_bytes: raw.server.compression_cache_bytes,
             admin_listen,
+            admin_key_env: raw.server.admin_key_env.clone(),
+            overrides_file: raw.server.overrides_file.clone().into(),
+            log_format: raw.server.log_format,
         },
         upstreams,
         routes,

@@ -246,7 +246,10 @@ impl LocalModel {
             deadline: Instant::now() + timeout,
         };
         match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::metrics::metrics().local_model_queue_depth.inc();
+                Ok(())
+            }
             Err(TrySendError::Full(_)) => {
                 self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
                 Err(LlmError::QueueFull)
@@ -267,6 +270,15 @@ impl LocalModel {
                 Err(LlmError::Deadline)
             }
         }
+    }
+}
+
+/// Leaves the local-model queue-depth gauge when a job's answer has been sent.
+struct QueueSlot;
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        crate::metrics::metrics().local_model_queue_depth.dec();
     }
 }
 
@@ -314,6 +326,8 @@ fn run_worker(
             Err(_) => return,
         };
         let late = Instant::now() >= job.deadline;
+        // Taken off the queue: it counts as running until its answer is sent below.
+        let _running = QueueSlot;
         match job.task {
             Task::Score {
                 prefix,

@@ -1,5 +1,6 @@
-//! One structured access-log line per request: method, path, status, route, compressor, tokens
-//! before and after, elapsed time and the error if any. Never bodies, never keys.
+//! One structured access-log line per request — method, path, status, route, compressor, tokens
+//! before and after, elapsed time and the error if any; never bodies, never keys — and the same
+//! facts recorded as metrics.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ pub struct RequestLog {
     pub start: Instant,
     pub status: u16,
     pub route: Option<String>,
+    pub upstream: Option<String>,
     pub compressor: Option<&'static str>,
     pub tokens: Option<(usize, usize)>,
     pub error: Option<String>,
@@ -23,6 +25,7 @@ impl RequestLog {
             start: Instant::now(),
             status: 0,
             route: None,
+            upstream: None,
             compressor: None,
             tokens: None,
             error: None,
@@ -45,6 +48,36 @@ impl RequestLog {
             error = self.error.as_deref().unwrap_or(""),
             "request"
         );
+    }
+}
+
+impl RequestLog {
+    /// Records the request in the metrics: its status by route and upstream, and for chat
+    /// requests its tokens before and after compression.
+    pub fn record_metrics(&self) {
+        let m = crate::metrics::metrics();
+        let route = self.route.as_deref().unwrap_or("-");
+        let status = self.status.to_string();
+        m.requests
+            .with_label_values(&[route, self.upstream.as_deref().unwrap_or("-"), &status])
+            .inc();
+        let (Some((before, after)), Some(compressor)) = (self.tokens, self.compressor) else {
+            return;
+        };
+        m.input_tokens
+            .with_label_values(&[route, "before"])
+            .inc_by(before as u64);
+        m.input_tokens
+            .with_label_values(&[route, "after"])
+            .inc_by(after as u64);
+        if compressor != "off" && before > 0 {
+            m.tokens_saved
+                .with_label_values(&[route, compressor])
+                .inc_by(before.saturating_sub(after) as u64);
+            m.compression_ratio
+                .with_label_values(&[route, compressor])
+                .observe(after as f64 / before as f64);
+        }
     }
 }
 

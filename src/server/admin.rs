@@ -1,13 +1,115 @@
 //! The admin listener's endpoints (`server.admin_listen`; never answered on the public
-//! listener): `GET /admin/shadow[?route=R&since=MS]`, the shadow report as JSON.
+//! listener):
+//! - `GET /admin/routes`: every route's effective settings and where each came from;
+//! - `PATCH /admin/routes/{name}`: change a route's compression or sample rate, live;
+//! - `POST /admin/reload`: re-read `proxy.toml` (also on `SIGHUP`);
+//! - `GET /admin/shadow[?route=R&since=MS]`: the shadow report as JSON.
+//!
+//! With `server.admin_key_env` set, every `/admin/*` request needs `Authorization: Bearer` with
+//! that key (compared in constant time); without it the admin API is read-only.
 
-use serde_json::json;
+use pingora::proxy::Session;
+use serde_json::{json, Value};
 
+use super::request::{header_str, read_whole};
+use super::state::AppState;
+use crate::control::ControlError;
 use crate::error::ProxyError;
 use crate::shadow::Shadow;
 
+/// Largest admin request body.
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+/// The admin key from `server.admin_key_env`, read once at start-up.
+pub struct AdminKey(Option<String>);
+
+impl AdminKey {
+    pub fn from_env(variable: Option<&str>) -> Self {
+        Self(
+            variable
+                .and_then(|v| std::env::var(v).ok())
+                .filter(|k| !k.is_empty()),
+        )
+    }
+
+    /// Whether `session` may make this request: with a key, every request must carry it;
+    /// without one, only reads are allowed.
+    fn authorize(&self, session: &Session, method: &str) -> Result<(), ProxyError> {
+        let Some(key) = &self.0 else {
+            return if method == "GET" {
+                Ok(())
+            } else {
+                Err(ProxyError::AdminReadOnly)
+            };
+        };
+        let sent = header_str(session, "authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if constant_time_eq(sent.as_bytes(), key.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ProxyError::AdminUnauthorized)
+        }
+    }
+}
+
+/// Equality whose time depends on the lengths only, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn control_error(error: ControlError) -> ProxyError {
+    match error {
+        ControlError::Invalid(e) => ProxyError::InvalidRequest(e.to_string()),
+        ControlError::NoRoute(name) => ProxyError::RouteNotFound(name),
+        ControlError::Io { .. } => ProxyError::Internal(error.to_string()),
+    }
+}
+
+/// Serves one admin request; `Ok(body)` is answered 200 as JSON.
+pub async fn handle(
+    state: &AppState,
+    key: &AdminKey,
+    session: &mut Session,
+) -> Result<Vec<u8>, ProxyError> {
+    let header = session.req_header();
+    let method = header.method.as_str().to_string();
+    let path = header.uri.path().to_string();
+    let query = header.uri.query().map(str::to_string);
+    key.authorize(session, &method)?;
+    let not_found = || ProxyError::NotFound {
+        method: method.clone(),
+        path: path.clone(),
+    };
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/admin/routes") => Ok(state.describe_routes().to_string().into_bytes()),
+        ("POST", "/admin/reload") => {
+            let restart = state.reload().map_err(control_error)?;
+            Ok(json!({"reloaded": true, "restart_required": restart})
+                .to_string()
+                .into_bytes())
+        }
+        ("PATCH", p) if p.starts_with("/admin/routes/") => {
+            let name = percent_decode(&p["/admin/routes/".len()..])?;
+            let body = read_whole(session, ADMIN_BODY_LIMIT).await?;
+            let patch: Value = serde_json::from_slice(&body)
+                .map_err(|e| ProxyError::MalformedJson(e.to_string()))?;
+            let route = state.patch_route(&name, &patch).map_err(control_error)?;
+            Ok(route.to_string().into_bytes())
+        }
+        ("GET", "/admin/shadow") => {
+            let shadow = state.shadow.as_ref().ok_or_else(not_found)?;
+            shadow_report(shadow, query.as_deref()).await
+        }
+        _ => Err(not_found()),
+    }
+}
+
 /// `GET /admin/shadow[?route=R&since=MS]`: the report as JSON.
-pub async fn shadow_report(shadow: &Shadow, query: Option<&str>) -> Result<Vec<u8>, ProxyError> {
+async fn shadow_report(shadow: &Shadow, query: Option<&str>) -> Result<Vec<u8>, ProxyError> {
     let mut route = None;
     let mut since = 0i64;
     for pair in query.unwrap_or_default().split('&') {
@@ -64,7 +166,14 @@ fn percent_decode(component: &str) -> Result<String, ProxyError> {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{constant_time_eq, percent_decode};
+
+    #[test]
+    fn keys_compare_by_content() {
+        assert!(constant_time_eq(b"sk-admin", b"sk-admin"));
+        assert!(!constant_time_eq(b"sk-admin", b"sk-admio"));
+        assert!(!constant_time_eq(b"sk-admin", b"sk-admin-longer"));
+    }
 
     #[test]
     fn query_components_are_percent_decoded() {

@@ -21,10 +21,10 @@ use super::codec::FrontDoor;
 use super::relay::{Capture, ExchangeError, ResponseMode, Translation};
 use super::request::{header_str, path_and_query, read_whole};
 use super::sampling::{compressor_for, ClientLeg, Sample};
-use super::state::AppState;
+use super::state::{AppState, Live};
 use super::upstream::Reply;
 use crate::compress::{text_slots, CompressionOutcome, Tokenizer};
-use crate::config::{CompressorKind, Leg, Rollout};
+use crate::config::{CompressorKind, Leg, Rollout, Route};
 use crate::error::ProxyError;
 use crate::openai::{headers, ChatRequest};
 use crate::providers::anthropic::inbound::{self, CompressionView};
@@ -64,16 +64,17 @@ struct Prepared {
 /// the same `model`/`messages` skeleton.
 async fn prepare(
     state: &AppState,
+    live: &Live,
     session: &mut Session,
     log: &mut RequestLog,
 ) -> Result<Prepared, ProxyError> {
-    let raw = read_whole(session, state.config.server.max_body_bytes).await?;
+    let raw = read_whole(session, live.config.server.max_body_bytes).await?;
     let request = ChatRequest::parse(&raw)?;
-    let route = state
+    let route = live
         .router
         .select(header_str(session, headers::ROUTE), Some(&request.model))?;
-    let settings = &state.router.route(route).compression;
-    let name = &state.router.route(route).name;
+    let settings = &live.router.route(route).compression;
+    let name = &live.router.route(route).name;
     log.route = Some(name.clone());
     // An auto-rollout route compresses while its shadow verdicts allow it.
     let enabled = match settings.rollout {
@@ -103,6 +104,7 @@ pub async fn handle(
     door: FrontDoor,
 ) -> Result<(), ExchangeError> {
     let before = ExchangeError::BeforeResponse;
+    let live = state.live();
     let Prepared {
         raw,
         mut request,
@@ -110,9 +112,10 @@ pub async fn handle(
         compressor,
         tokenizer,
         client_chose,
-    } = prepare(state, session, log).await.map_err(before)?;
-    let route = state.router.route(route_index);
-    let upstream = &state.upstreams[route.upstream];
+    } = prepare(state, &live, session, log).await.map_err(before)?;
+    let route = live.router.route(route_index);
+    let upstream = &live.upstreams[route.upstream];
+    log.upstream = Some(upstream.name().to_string());
     door.accepts(&route.name, upstream).map_err(before)?;
     tokenizer.load_off_thread().await;
     let sample = Sample::take(
@@ -125,10 +128,25 @@ pub async fn handle(
         door,
     );
     let chosen = compressor_for(sample.as_ref(), compressor, route);
+    let compress_started = std::time::Instant::now();
     let (mut outcome, pending_count) =
-        compress(state, door, &mut request, route_index, chosen, tokenizer).await;
-    let shadowing =
-        sample.and_then(|s| s.start(state, session, route_index, &mut request, &mut outcome));
+        compress(state, route, door, &mut request, chosen, tokenizer).await;
+    if let Some(kind) = chosen {
+        crate::metrics::metrics()
+            .compression_seconds
+            .with_label_values(&[kind.name()])
+            .observe(compress_started.elapsed().as_secs_f64());
+    }
+    let shadowing = sample.and_then(|s| {
+        s.start(
+            state,
+            &live,
+            session,
+            route_index,
+            &mut request,
+            &mut outcome,
+        )
+    });
     let unchanged = (!outcome.changed).then(|| raw.clone());
     let encoded = door
         .encode(upstream, &request, &path_and_query(session), unchanged)
@@ -205,13 +223,13 @@ pub async fn handle(
 /// the blocking pool when that would cost the I/O thread more than a few tens of microseconds).
 async fn compress(
     state: &AppState,
+    route: &Route,
     door: FrontDoor,
     request: &mut ChatRequest,
-    route_index: usize,
     compressor: Option<CompressorKind>,
     tokenizer: Tokenizer,
 ) -> (CompressionOutcome, Option<JoinHandle<usize>>) {
-    let settings = state.router.route(route_index).compression.pipeline();
+    let settings = route.compression.pipeline();
     let Some(kind) = compressor else {
         return count_uncompressed(door, request, tokenizer);
     };

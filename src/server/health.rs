@@ -1,5 +1,10 @@
-//! `GET /healthz` (liveness, with the compression counters) and `GET /v1/models` (the literal
-//! model names routes serve, computed once at start-up).
+//! `GET /healthz` (liveness, with the compression counters), `GET /readyz` (readiness),
+//! `GET /metrics` (Prometheus text, admin listener only) and `GET /v1/models` (the literal model
+//! names routes serve, computed once at start-up).
+//!
+//! Readiness: condenser loads its local models, the embedding model and the shadow store before
+//! it opens its listeners, so a process that answers at all has them (before that, connections
+//! are refused, which orchestrators read as not ready); `/readyz` lists what is loaded.
 
 use std::sync::atomic::Ordering;
 
@@ -50,4 +55,50 @@ pub fn models_body(config: &Config) -> Vec<u8> {
     json!({"object": "list", "data": data})
         .to_string()
         .into_bytes()
+}
+
+/// The `/readyz` body: what the process has loaded.
+pub fn readyz_body(compressors: &[&str], shadow: bool) -> Vec<u8> {
+    json!({"status": "ready", "compressors": compressors, "shadow": shadow})
+        .to_string()
+        .into_bytes()
+}
+
+/// The `/metrics` exposition: the registry, plus the pipeline's own counters.
+pub fn metrics_body(pipeline: &Pipeline) -> Vec<u8> {
+    let stats = &pipeline.stats;
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed) as f64;
+    let extra = [
+        (
+            "compression_cache_hits_total",
+            "Compressions served from the cache",
+            "counter",
+            pipeline.cache().hits() as f64,
+        ),
+        (
+            "compression_cache_misses_total",
+            "Compressions computed",
+            "counter",
+            pipeline.cache().misses() as f64,
+        ),
+        (
+            "requests_compressed_total",
+            "Requests the pipeline compressed",
+            "counter",
+            load(&stats.requests_compressed),
+        ),
+        (
+            "background_queue_depth",
+            "Background compressions queued or running",
+            "gauge",
+            pipeline.background_depth() as f64,
+        ),
+        (
+            "background_queue_full_total",
+            "Texts not queued for background compression because the queue was full",
+            "counter",
+            load(&stats.background_queue_full),
+        ),
+    ];
+    crate::metrics::metrics().render(&extra).into_bytes()
 }

@@ -17,17 +17,19 @@ pub async fn handle(
     log: &mut RequestLog,
 ) -> Result<(), ExchangeError> {
     let before = ExchangeError::BeforeResponse;
-    let raw = read_whole(session, state.config.server.max_body_bytes)
+    let live = state.live();
+    let raw = read_whole(session, live.config.server.max_body_bytes)
         .await
         .map_err(before)?;
     let model = model_of(&raw);
-    let route_index = state
+    let route_index = live
         .router
         .select(header_str(session, headers::ROUTE), model.as_deref())
         .map_err(before)?;
-    let route = state.router.route(route_index);
+    let route = live.router.route(route_index);
     log.route = Some(route.name.clone());
-    let upstream = &state.upstreams[route.upstream];
+    let upstream = &live.upstreams[route.upstream];
+    log.upstream = Some(upstream.name().to_string());
     let path = upstream.upstream_path(&path_and_query(session));
     let header = upstream
         .request_header(session.req_header(), &path, raw.len(), true, &[])

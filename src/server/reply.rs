@@ -9,8 +9,18 @@ use pingora::proxy::Session;
 use crate::error::ProxyError;
 
 pub async fn json(session: &mut Session, status: u16, body: Vec<u8>) -> pingora::Result<()> {
+    text(session, status, "application/json", body).await
+}
+
+/// A complete response of any content type.
+pub async fn text(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Vec<u8>,
+) -> pingora::Result<()> {
     let mut resp = ResponseHeader::build(status, Some(3))?;
-    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
     session

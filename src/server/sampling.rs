@@ -12,7 +12,7 @@ use super::codec::{leg_request, FrontDoor};
 use super::relay::{Capture, ExchangeError};
 use super::request::path_and_query;
 use super::shadowing::spawn_leg;
-use super::state::AppState;
+use super::state::{AppState, Live};
 use crate::compress::{question_text, CompressionOutcome};
 use crate::config::{CompressorKind, Leg, RawPrice, Rollout, Route};
 use crate::error::ProxyError;
@@ -109,13 +109,14 @@ impl<'a> Sample<'a> {
     pub fn start(
         self,
         state: &Arc<AppState>,
+        live: &Arc<Live>,
         session: &Session,
         route_index: usize,
         request: &mut ChatRequest,
         outcome: &mut CompressionOutcome,
     ) -> Option<Shadowing<'a>> {
-        let route = &state.router.route(route_index).name;
-        let legs = match self.spawn_legs(state, session, route_index, request, outcome) {
+        let route = &live.router.route(route_index).name;
+        let legs = match self.spawn_legs(state, live, session, route_index, request, outcome) {
             Ok(legs) => legs,
             Err(e) => {
                 tracing::warn!(route = %route, error = %e, "cannot start a shadow leg");
@@ -145,12 +146,13 @@ impl<'a> Sample<'a> {
     fn spawn_legs(
         &self,
         state: &Arc<AppState>,
+        live: &Arc<Live>,
         session: &Session,
         route_index: usize,
         request: &ChatRequest,
         outcome: &CompressionOutcome,
     ) -> Result<Option<Legs>, ProxyError> {
-        let route = state.router.route(route_index);
+        let route = live.router.route(route_index);
         let Some(cfg) = &route.shadow else {
             return Ok(None);
         };
@@ -170,6 +172,7 @@ impl<'a> Sample<'a> {
         let spawn = |leg: &ChatRequest| {
             spawn_leg(
                 state,
+                live,
                 self.shadow,
                 route.upstream,
                 session.req_header(),

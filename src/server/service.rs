@@ -17,11 +17,13 @@ use crate::error::ProxyError;
 
 pub struct Condenser {
     state: Arc<AppState>,
+    admin_key: admin::AdminKey,
 }
 
 impl Condenser {
     pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+        let admin_key = admin::AdminKey::from_env(state.server.admin_key_env.as_deref());
+        Self { state, admin_key }
     }
 
     async fn dispatch(
@@ -43,16 +45,24 @@ impl Condenser {
                 let body = health::healthz_body(&state.pipeline);
                 self.reply(session, log, 200, body).await
             }
-            ("GET", "/v1/models") => {
-                let body = state.models_body.clone();
+            ("GET", "/readyz") => {
+                let compressors = state.pipeline.compressor_names();
+                let body = health::readyz_body(&compressors, state.shadow.is_some());
                 self.reply(session, log, 200, body).await
             }
-            ("GET", "/admin/shadow") if on_admin => {
-                let Some(shadow) = &state.shadow else {
-                    return Err(not_found());
-                };
-                let query = header.uri.query().map(str::to_string);
-                let body = admin::shadow_report(shadow, query.as_deref())
+            ("GET", "/metrics") if on_admin => {
+                let body = health::metrics_body(&state.pipeline);
+                log.status = 200;
+                reply::text(session, 200, "text/plain; version=0.0.4", body)
+                    .await
+                    .map_err(|e| ExchangeError::AfterResponse(e.to_string()))
+            }
+            ("GET", "/v1/models") => {
+                let body = state.live().models_body.clone();
+                self.reply(session, log, 200, body).await
+            }
+            (_, p) if on_admin && p.starts_with("/admin/") => {
+                let body = admin::handle(state, &self.admin_key, session)
                     .await
                     .map_err(ExchangeError::BeforeResponse)?;
                 self.reply(session, log, 200, body).await
@@ -72,7 +82,7 @@ impl Condenser {
 
     /// Admin endpoints answer only on `server.admin_listen`, never on the public listener.
     fn on_admin_listener(&self, session: &Session) -> bool {
-        let Some(admin) = self.state.config.server.admin_listen else {
+        let Some(admin) = self.state.server.admin_listen else {
             return false;
         };
         session
@@ -159,5 +169,6 @@ impl ProxyHttp for Condenser {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         ctx.write(session);
+        ctx.record_metrics();
     }
 }

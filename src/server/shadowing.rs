@@ -8,7 +8,7 @@ use std::time::Instant;
 use pingora::http::RequestHeader;
 
 use super::codec::FrontDoor;
-use super::state::AppState;
+use super::state::{AppState, Live};
 use crate::equivalence::Answer;
 use crate::error::ProxyError;
 use crate::openai::ChatRequest;
@@ -16,8 +16,10 @@ use crate::shadow::{LegAnswer, LegHandle, Shadow};
 
 /// Encodes `leg` for the route's upstream (headers, key and translation as for the client's own
 /// request) and starts it on the shadow runtime.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn_leg(
     state: &Arc<AppState>,
+    live: &Arc<Live>,
     shadow: &Shadow,
     upstream_index: usize,
     client: &RequestHeader,
@@ -25,7 +27,7 @@ pub(super) fn spawn_leg(
     leg: &ChatRequest,
     door: FrontDoor,
 ) -> Result<LegHandle, ProxyError> {
-    let upstream = &state.upstreams[upstream_index];
+    let upstream = &live.upstreams[upstream_index];
     let encoded = door.encode(upstream, leg, client_path, None)?;
     let mut header = upstream.request_header(
         client,
@@ -37,10 +39,10 @@ pub(super) fn spawn_leg(
     let (body, native_model) = (encoded.body, encoded.native_model);
     // The client may have asked for a stream; this leg is read whole.
     let _ = header.insert_header("accept", "application/json");
-    let state = state.clone();
+    let (state, live) = (state.clone(), live.clone());
     Ok(shadow.spawn_leg(async move {
         let started = Instant::now();
-        let upstream = &state.upstreams[upstream_index];
+        let upstream = &live.upstreams[upstream_index];
         let (status, answer) = upstream
             .fetch(
                 &state.shadow_connector,

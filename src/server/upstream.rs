@@ -200,6 +200,21 @@ impl Upstream {
         Ok(req)
     }
 
+    /// Counts a failed exchange by kind (`condenser_upstream_errors_total`).
+    fn count_error(&self, error: &ExchangeError) {
+        let kind = match error {
+            ExchangeError::BeforeResponse(ProxyError::UpstreamTimeout { .. }) => "timeout",
+            ExchangeError::BeforeResponse(ProxyError::UpstreamUnreachable { .. }) => "unreachable",
+            ExchangeError::BeforeResponse(ProxyError::UpstreamProtocol { .. }) => "protocol",
+            ExchangeError::BeforeResponse(_) => "other",
+            ExchangeError::AfterResponse(_) => "mid_response",
+        };
+        crate::metrics::metrics()
+            .upstream_errors
+            .with_label_values(&[self.name(), kind])
+            .inc();
+    }
+
     fn classify(&self, e: &Error) -> ProxyError {
         let name = self.settings.name.clone();
         match e.etype() {
@@ -241,19 +256,24 @@ impl Upstream {
             capture,
         } = reply;
         let peer = self.peer().await.map_err(ExchangeError::BeforeResponse)?;
-        let mut up = self.send(connector, &peer, request, body).await?;
+        let started = Instant::now();
+        let mut up = self
+            .send(connector, &peer, request, body)
+            .await
+            .inspect_err(|e| self.count_error(e))?;
+        let first_byte = started.elapsed();
         if let Some(accounting) = accounting {
             extra.extend(accounting.headers().await);
         }
         let extra = &extra;
-        let reusable = match mode {
-            ResponseMode::Relay => {
-                relay::relay(self.name(), &mut up, client, extra, capture).await?
-            }
+        let relayed = match mode {
+            ResponseMode::Relay => relay::relay(self.name(), &mut up, client, extra, capture).await,
             ResponseMode::Translate(translation) => {
-                relay::translate(self.name(), &mut up, client, extra, translation, capture).await?
+                relay::translate(self.name(), &mut up, client, extra, translation, capture).await
             }
         };
+        let reusable = relayed.inspect_err(|e| self.count_error(e))?;
+        crate::metrics::metrics().upstream_exchange(self.name(), first_byte, started.elapsed());
         if reusable.1 {
             connector
                 .release_http_session(up, &peer, Some(POOL_IDLE))

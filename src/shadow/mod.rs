@@ -226,6 +226,10 @@ impl Shadow {
         for leg in legs {
             leg.abort();
         }
+        crate::metrics::metrics()
+            .shadow_samples
+            .with_label_values(&[route, "abandoned"])
+            .inc();
         self.release(route, reserved_usd, 0.0);
     }
 
@@ -237,6 +241,12 @@ impl Shadow {
     }
 
     fn release(&self, route: &str, reserved: f64, actual: f64) {
+        if actual > 0.0 {
+            crate::metrics::metrics()
+                .shadow_spend_usd
+                .with_label_values(&[route])
+                .inc_by(actual);
+        }
         if let Ok(mut spend) = self.spend.lock() {
             let today = todays_spend(&mut spend, route);
             *today = (*today - reserved + actual).max(0.0);

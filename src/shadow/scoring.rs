@@ -183,7 +183,9 @@ impl Shadow {
                 }
             }
             let scores = scorer.score(&p.request_text, &reference, &candidate).await;
-            spent += self.record_scores(sample.id, &scores, scorer).await;
+            spent += self
+                .record_scores(sample.id, &sample.route, &scores, scorer)
+                .await;
         }
         spent
     }
@@ -201,7 +203,8 @@ impl Shadow {
                 &text(&sample.candidate),
             )
             .await;
-        self.record_scores(sample.id, &scores, scorer).await
+        self.record_scores(sample.id, &sample.route, &scores, scorer)
+            .await
     }
 
     /// Stores a sample's scores and returns what its judge call cost (priced as `judge_model`;
@@ -209,6 +212,7 @@ impl Shadow {
     async fn record_scores(
         &self,
         id: Option<i64>,
+        route: &str,
         scores: &crate::equivalence::GateScores,
         scorer: &Scorer,
     ) -> f64 {
@@ -224,6 +228,10 @@ impl Shadow {
             .map(str::to_string)
             .collect();
         let passed = failed.is_empty();
+        crate::metrics::metrics()
+            .shadow_samples
+            .with_label_values(&[route, if passed { "passed" } else { "failed" }])
+            .inc();
         let scores = scores.clone();
         match self
             .with_store(move |s| s.set_scores(id, &scores, passed, &failed, judge_cost))

@@ -73,6 +73,15 @@ impl Condenser {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The configuration file it was started with (reload tests rewrite it).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("proxy.toml")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
