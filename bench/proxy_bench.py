@@ -26,6 +26,7 @@ TARGETS = {
     "direct (mock)": "http://127.0.0.1:18001/v1/chat/completions",
     "pingora passthrough": "http://127.0.0.1:18004/v1/chat/completions",
     "condenser": "http://127.0.0.1:18002/v1/chat/completions",
+    "condenser, metrics off": "http://127.0.0.1:18005/v1/chat/completions",
     "LiteLLM 1.91.5": "http://127.0.0.1:18003/v1/chat/completions",
 }
 
@@ -104,17 +105,21 @@ def start(name, args, threads):
              "127.0.0.1:18001", str(threads)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(18004)
-    elif name == "condenser":
+    elif name.startswith("condenser"):
+        port = 18005 if "metrics off" in name else 18002
         with open(os.path.join(ROOT, "bench/proxy.toml")) as f:
             config = f.read().replace("threads = 1", f"threads = {threads}")
-        path = f"/tmp/condenser-bench-{os.getpid()}.toml"
+        config = config.replace("127.0.0.1:18002", f"127.0.0.1:{port}")
+        if "metrics off" in name:
+            config = config.replace("[server]", "[server]\nmetrics = false")
+        path = f"/tmp/condenser-bench-{os.getpid()}-{port}.toml"
         with open(path, "w") as f:
             f.write(config)
         proc = subprocess.Popen(
             [os.path.join(ROOT, "target/release/condenser"), "serve", "--config", path],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": "warn"})
-        wait_port(18002)
+        wait_port(port)
     else:
         proc = subprocess.Popen(
             [args.litellm, "--config", os.path.join(ROOT, "bench/litellm.yaml"), "--port", "18003",
@@ -156,7 +161,7 @@ def main():
             proc = mock if name == "direct (mock)" else start(name, args, threads)
             try:
                 # The first seconds of a fresh process, before anything warmed it up.
-                cold = oha(url, 5, 16) if name in ("condenser", "pingora passthrough") else None
+                cold = oha(url, 5, 16) if name != "direct (mock)" and "LiteLLM" not in name else None
                 # Warm up (connection pools, lazy init) before measuring.
                 oha(url, 2, 4)
                 idle = rss_mib(proc.pid)
@@ -188,6 +193,12 @@ def main():
               f"{single['p50_ms']:.2f} / {single['p99_ms']:.2f} | "
               f"{f100['p50_ms']:.2f} / {f100['p99_ms']:.2f} | {two_k} | {added} | {idle:.1f} | {loaded:.1f} |")
     by_name = {r[0]: r for r in rows}
+    if "condenser" in by_name and "condenser, metrics off" in by_name:
+        on, off = by_name["condenser"], by_name["condenser, metrics off"]
+        print()
+        print(f"metrics on vs off: 1 conn p50 {on[3]['p50_ms'] - off[3]['p50_ms']:+.3f} ms, "
+              f"2k req/s p50 {on[5]['p50_ms'] - off[5]['p50_ms']:+.3f} ms / p99 {on[5]['p99_ms'] - off[5]['p99_ms']:+.2f} ms, "
+              f"ceiling {on[6]['rps'] / off[6]['rps']:.2f}×")
     if "condenser" in by_name and "pingora passthrough" in by_name:
         c, p = by_name["condenser"], by_name["pingora passthrough"]
         print()

@@ -182,6 +182,7 @@ fn routes(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
 fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut cfg = config::load(path).with_context(|| format!("loading {}", path.display()))?;
     init_logging(cfg.server.log_format);
+    condenser::metrics::set_recording(cfg.server.metrics);
     if let Some(addr) = listen {
         cfg.server.listen = addr;
     }

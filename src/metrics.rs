@@ -4,10 +4,13 @@
 //! compression pipeline (fail-open by cause) and the shadow scorer (samples, verdicts, spend).
 //! Counters kept elsewhere as atomics (cache hits, background queue) are read at scrape time.
 //!
+//! `server.metrics = false` turns recording off (`/metrics` then serves what was recorded: nothing).
+//!
 //! Labels are low-cardinality by construction: route, upstream and compressor names come from the
 //! configuration, statuses are HTTP codes, causes and results are fixed words. Never a model
 //! name (clients choose those), a key or a user.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -151,6 +154,19 @@ impl Metrics {
             .with_label_values(&[upstream])
             .observe(total.as_secs_f64());
     }
+}
+
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Turns recording on or off for the process (`server.metrics`); set once at start-up.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
+
+/// The metrics to record into, or `None` when recording is off (then recording costs one
+/// relaxed load).
+pub fn recording() -> Option<&'static Metrics> {
+    RECORDING.load(Ordering::Relaxed).then(metrics)
 }
 
 /// The process's metrics.

@@ -169,10 +169,11 @@ impl Pipeline {
                     CompressError::Timeout(_) => "timeout",
                     CompressError::Failed { .. } => "error",
                 };
-                crate::metrics::metrics()
-                    .fail_open
-                    .with_label_values(&[compressor.name(), cause])
-                    .inc();
+                if let Some(m) = crate::metrics::recording() {
+                    m.fail_open
+                        .with_label_values(&[compressor.name(), cause])
+                        .inc();
+                }
                 tracing::warn!(compressor = compressor.name(), %error, "compression failed open; forwarding the original");
                 outcome.failed_open = true;
             }

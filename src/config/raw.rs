@@ -100,6 +100,8 @@ pub struct RawServer {
     pub overrides_file: String,
     /// Access-log and diagnostics format: `text` or `json` (one JSON object per line).
     pub log_format: LogFormat,
+    /// Record Prometheus metrics (`/metrics` on the admin listener).
+    pub metrics: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -123,6 +125,7 @@ impl Default for RawServer {
             admin_key_env: None,
             overrides_file: "condenser-overrides.json".into(),
             log_format: LogFormat::Text,
+            metrics: true,
         }
     }
 }

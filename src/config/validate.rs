@@ -38,6 +38,7 @@ pub struct ServerSettings {
     pub admin_key_env: Option<String>,
     pub overrides_file: std::path::PathBuf,
     pub log_format: LogFormat,
+    pub metrics: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +270,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             admin_key_env: raw.server.admin_key_env.clone(),
             overrides_file: raw.server.overrides_file.clone().into(),
             log_format: raw.server.log_format,
+            metrics: raw.server.metrics,
         },
         upstreams,
         routes,

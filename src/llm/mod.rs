@@ -247,7 +247,9 @@ impl LocalModel {
         };
         match self.jobs.try_send(job) {
             Ok(()) => {
-                crate::metrics::metrics().local_model_queue_depth.inc();
+                if let Some(m) = crate::metrics::recording() {
+                    m.local_model_queue_depth.inc();
+                }
                 Ok(())
             }
             Err(TrySendError::Full(_)) => {
@@ -278,7 +280,9 @@ struct QueueSlot;
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
-        crate::metrics::metrics().local_model_queue_depth.dec();
+        if let Some(m) = crate::metrics::recording() {
+            m.local_model_queue_depth.dec();
+        }
     }
 }
 

@@ -55,7 +55,9 @@ impl RequestLog {
     /// Records the request in the metrics: its status by route and upstream, and for chat
     /// requests its tokens before and after compression.
     pub fn record_metrics(&self) {
-        let m = crate::metrics::metrics();
+        let Some(m) = crate::metrics::recording() else {
+            return;
+        };
         let route = self.route.as_deref().unwrap_or("-");
         let status = self.status.to_string();
         m.requests

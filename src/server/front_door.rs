@@ -131,9 +131,8 @@ pub async fn handle(
     let compress_started = std::time::Instant::now();
     let (mut outcome, pending_count) =
         compress(state, route, door, &mut request, chosen, tokenizer).await;
-    if let Some(kind) = chosen {
-        crate::metrics::metrics()
-            .compression_seconds
+    if let (Some(kind), Some(m)) = (chosen, crate::metrics::recording()) {
+        m.compression_seconds
             .with_label_values(&[kind.name()])
             .observe(compress_started.elapsed().as_secs_f64());
     }

@@ -234,6 +234,7 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
             a.overrides_file != b.overrides_file,
         ),
         ("server.log_format", a.log_format != b.log_format),
+        ("server.metrics", a.metrics != b.metrics),
         ("compressors", differs(&old.compressors, &new.compressors)),
         ("shadow", differs(&old.shadow, &new.shadow)),
     ] {

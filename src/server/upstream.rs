@@ -209,10 +209,11 @@ impl Upstream {
             ExchangeError::BeforeResponse(_) => "other",
             ExchangeError::AfterResponse(_) => "mid_response",
         };
-        crate::metrics::metrics()
-            .upstream_errors
-            .with_label_values(&[self.name(), kind])
-            .inc();
+        if let Some(m) = crate::metrics::recording() {
+            m.upstream_errors
+                .with_label_values(&[self.name(), kind])
+                .inc();
+        }
     }
 
     fn classify(&self, e: &Error) -> ProxyError {
@@ -273,7 +274,9 @@ impl Upstream {
             }
         };
         let reusable = relayed.inspect_err(|e| self.count_error(e))?;
-        crate::metrics::metrics().upstream_exchange(self.name(), first_byte, started.elapsed());
+        if let Some(m) = crate::metrics::recording() {
+            m.upstream_exchange(self.name(), first_byte, started.elapsed());
+        }
         if reusable.1 {
             connector
                 .release_http_session(up, &peer, Some(POOL_IDLE))

@@ -226,10 +226,11 @@ impl Shadow {
         for leg in legs {
             leg.abort();
         }
-        crate::metrics::metrics()
-            .shadow_samples
-            .with_label_values(&[route, "abandoned"])
-            .inc();
+        if let Some(m) = crate::metrics::recording() {
+            m.shadow_samples
+                .with_label_values(&[route, "abandoned"])
+                .inc();
+        }
         self.release(route, reserved_usd, 0.0);
     }
 
@@ -241,9 +242,8 @@ impl Shadow {
     }
 
     fn release(&self, route: &str, reserved: f64, actual: f64) {
-        if actual > 0.0 {
-            crate::metrics::metrics()
-                .shadow_spend_usd
+        if let Some(m) = crate::metrics::recording().filter(|_| actual > 0.0) {
+            m.shadow_spend_usd
                 .with_label_values(&[route])
                 .inc_by(actual);
         }

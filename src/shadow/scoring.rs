@@ -228,10 +228,11 @@ impl Shadow {
             .map(str::to_string)
             .collect();
         let passed = failed.is_empty();
-        crate::metrics::metrics()
-            .shadow_samples
-            .with_label_values(&[route, if passed { "passed" } else { "failed" }])
-            .inc();
+        if let Some(m) = crate::metrics::recording() {
+            m.shadow_samples
+                .with_label_values(&[route, if passed { "passed" } else { "failed" }])
+                .inc();
+        }
         let scores = scores.clone();
         match self
             .with_store(move |s| s.set_scores(id, &scores, passed, &failed, judge_cost))
