@@ -204,6 +204,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let admin_listen = cfg.server.admin_listen;
+    let tls = cfg.server.tls.clone();
     let state = Arc::new(
         AppState::new(cfg, connector)
             .map_err(anyhow::Error::msg)?
@@ -216,7 +217,16 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
         Condenser::new(state),
         "condenser",
     );
-    service.add_tcp(&listen.to_string());
+    match &tls {
+        Some((cert, key)) => service
+            .add_tls(
+                &listen.to_string(),
+                &cert.to_string_lossy(),
+                &key.to_string_lossy(),
+            )
+            .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+        None => service.add_tcp(&listen.to_string()),
+    }
     if let Some(admin) = admin_listen {
         service.add_tcp(&admin.to_string());
         tracing::info!(%admin, "admin endpoints listening");

@@ -61,6 +61,20 @@ fn errors_name_the_key() {
             "upstreams[0].base_url",
         ),
         (
+            shipped().replace(
+                "timeout_ms = 600000",
+                "timeout_ms = 600000\nca_file = \"/nonexistent/ca.pem\"",
+            ),
+            "upstreams[0].ca_file",
+        ),
+        (
+            shipped().replace(
+                "[server]",
+                "[server]\ntls = { cert = \"Cargo.toml\", key = \"Cargo.toml\" }",
+            ),
+            "server.tls.cert",
+        ),
+        (
             shipped().replace("timeout_ms = 250", "timeout_ms = 250\nrollout = \"auto\""),
             "routes[0].compression.rollout",
         ),

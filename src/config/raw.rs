@@ -102,6 +102,15 @@ pub struct RawServer {
     pub log_format: LogFormat,
     /// Record Prometheus metrics (`/metrics` on the admin listener).
     pub metrics: bool,
+    /// Serve HTTPS on `listen` with this certificate chain and key (PEM files).
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -126,6 +135,7 @@ impl Default for RawServer {
             overrides_file: "condenser-overrides.json".into(),
             log_format: LogFormat::Text,
             metrics: true,
+            tls: None,
         }
     }
 }
@@ -155,6 +165,10 @@ pub struct RawUpstream {
     /// Longest wait for the response header and between two body reads.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// PEM bundle of the CA certificates that may sign an `https://` upstream's certificate, in
+    /// place of the platform's (a private CA). Verification is always on.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn default_connect_timeout_ms() -> u64 {

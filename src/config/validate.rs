@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::raw::{LogFormat, RawCompression, RawConfig, RawLocalModel, UpstreamKind};
+use super::raw::{LogFormat, RawCompression, RawConfig, RawLocalModel, RawTls, UpstreamKind};
 use super::shadow::{
     validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
 };
@@ -39,6 +39,8 @@ pub struct ServerSettings {
     pub overrides_file: std::path::PathBuf,
     pub log_format: LogFormat,
     pub metrics: bool,
+    /// `server.tls`: certificate chain and key files of the HTTPS listener.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +55,8 @@ pub struct UpstreamSettings {
     pub api_key_env: Option<String>,
     pub connect_timeout_ms: u64,
     pub timeout_ms: u64,
+    /// `ca_file`: the CA certificates (DER) trusted for this upstream instead of the platform's.
+    pub ca_certs: Option<Vec<Vec<u8>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +148,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 "timeouts must be > 0",
             ));
         }
+        let ca_certs = match &up.ca_file {
+            None => None,
+            Some(path) => Some(
+                read_certificates(path)
+                    .map_err(|reason| ConfigError::invalid(key("ca_file"), reason))?,
+            ),
+        };
         upstreams.push(UpstreamSettings {
             name: up.name.clone(),
             kind: up.kind,
@@ -154,6 +165,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             api_key_env: up.api_key_env.clone(),
             connect_timeout_ms: up.connect_timeout_ms,
             timeout_ms: up.timeout_ms,
+            ca_certs,
         });
     }
 
@@ -271,6 +283,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             overrides_file: raw.server.overrides_file.clone().into(),
             log_format: raw.server.log_format,
             metrics: raw.server.metrics,
+            tls: match &raw.server.tls {
+                None => None,
+                Some(tls) => Some(validate_tls(tls)?),
+            },
         },
         upstreams,
         routes,
@@ -424,4 +440,53 @@ mod tests {
         );
         assert!(parse_base_url("ftp://x/v1").is_err());
     }
+}
+
+/// The certificates of a PEM file, DER-encoded, each checked to parse as a trust anchor.
+fn read_certificates(path: &str) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certs: Vec<Vec<u8>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{path} is not a PEM file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path} holds no certificate"));
+    }
+    let mut store = pingora::tls::RootCertStore::empty();
+    for cert in &certs {
+        store
+            .add(pingora::tls::CertificateDer::from(cert.clone()))
+            .map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(certs)
+}
+
+/// `server.tls`: both files must hold what they claim (checked here, so `condenser check` and
+/// start-up fail naming the key rather than the listener failing later).
+fn validate_tls(raw: &RawTls) -> Result<(std::path::PathBuf, std::path::PathBuf), ConfigError> {
+    let pem = std::fs::read(&raw.cert).map_err(|e| {
+        ConfigError::invalid("server.tls.cert", format!("cannot read {}: {e}", raw.cert))
+    })?;
+    let chain = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_default();
+    if chain.is_empty() {
+        return Err(ConfigError::invalid(
+            "server.tls.cert",
+            format!("{} holds no PEM certificate", raw.cert),
+        ));
+    }
+    let key = std::fs::read(&raw.key).map_err(|e| {
+        ConfigError::invalid("server.tls.key", format!("cannot read {}: {e}", raw.key))
+    })?;
+    if !matches!(
+        rustls_pemfile::private_key(&mut key.as_slice()),
+        Ok(Some(_))
+    ) {
+        return Err(ConfigError::invalid(
+            "server.tls.key",
+            format!("{} holds no PEM private key", raw.key),
+        ));
+    }
+    Ok((raw.cert.clone().into(), raw.key.clone().into()))
 }

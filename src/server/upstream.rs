@@ -12,7 +12,9 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::tls::CaType;
 use pingora::proxy::Session;
+use pingora::utils::tls::{parse_x509, WrappedX509};
 use pingora::{Error, ErrorType};
 
 use super::accounting::Accounting;
@@ -32,6 +34,8 @@ pub struct Upstream {
     pub provider: Arc<dyn Provider>,
     api_key: Option<String>,
     resolved: Mutex<Option<(Instant, SocketAddr)>>,
+    /// `ca_file`'s certificates, trusted for this upstream instead of the platform's.
+    ca: Option<Arc<CaType>>,
 }
 
 /// How the answer goes back to the client: extra headers, relayed or translated, and an optional
@@ -62,7 +66,15 @@ impl Upstream {
                 "API key variable not set; forwarding the client's Authorization header"
             );
         }
+        let ca = settings.ca_certs.as_ref().map(|certs| {
+            let wrapped: Vec<WrappedX509> = certs
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                .collect();
+            Arc::from(wrapped.into_boxed_slice())
+        });
         Self {
+            ca,
             provider: providers::for_kind(settings.kind),
             settings,
             api_key,
@@ -131,6 +143,7 @@ impl Upstream {
         peer.options.read_timeout = Some(Duration::from_millis(self.settings.timeout_ms));
         peer.options.write_timeout = Some(Duration::from_millis(self.settings.timeout_ms));
         peer.options.idle_timeout = Some(POOL_IDLE);
+        peer.options.ca = self.ca.clone();
         Ok(peer)
     }
 
