@@ -424,24 +424,6 @@ fn parse_base_url(url: &str) -> Result<(bool, String, u16, String), String> {
     Ok((tls, host, port, base_path))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_base_url;
-
-    #[test]
-    fn base_urls_split_into_parts() {
-        assert_eq!(
-            parse_base_url("https://api.openai.com/v1").ok(),
-            Some((true, "api.openai.com".into(), 443, "/v1".into()))
-        );
-        assert_eq!(
-            parse_base_url("http://127.0.0.1:8080/api/v1/").ok(),
-            Some((false, "127.0.0.1".into(), 8080, "/api/v1".into()))
-        );
-        assert!(parse_base_url("ftp://x/v1").is_err());
-    }
-}
-
 /// The certificates of a PEM file, DER-encoded, each checked to parse as a trust anchor.
 fn read_certificates(path: &str) -> Result<Vec<Vec<u8>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
@@ -489,4 +471,22 @@ fn validate_tls(raw: &RawTls) -> Result<(std::path::PathBuf, std::path::PathBuf)
         ));
     }
     Ok((raw.cert.clone().into(), raw.key.clone().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_base_url;
+
+    #[test]
+    fn base_urls_split_into_parts() {
+        assert_eq!(
+            parse_base_url("https://api.openai.com/v1").ok(),
+            Some((true, "api.openai.com".into(), 443, "/v1".into()))
+        );
+        assert_eq!(
+            parse_base_url("http://127.0.0.1:8080/api/v1/").ok(),
+            Some((false, "127.0.0.1".into(), 8080, "/api/v1".into()))
+        );
+        assert!(parse_base_url("ftp://x/v1").is_err());
+    }
 }
