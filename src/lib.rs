@@ -17,4 +17,5 @@ pub mod providers;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+pub mod telemetry;
 pub mod text;

@@ -183,6 +183,10 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     let mut cfg = config::load(path).with_context(|| format!("loading {}", path.display()))?;
     init_logging(cfg.server.log_format);
     condenser::metrics::set_recording(cfg.server.metrics);
+    let tracer_provider = condenser::telemetry::init(
+        cfg.telemetry.otlp_endpoint.as_deref(),
+        cfg.telemetry.sample_rate,
+    )?;
     if let Some(addr) = listen {
         cfg.server.listen = addr;
     }
@@ -235,6 +239,12 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     announce_when_listening(listen);
     tracing::info!(%listen, threads, "starting condenser");
     server.run(pingora::server::RunArgs::default());
+    // Spans still batched are exported before exit.
+    if let Some(provider) = tracer_provider {
+        if let Err(error) = provider.shutdown() {
+            tracing::warn!(%error, "flushing traces at exit");
+        }
+    }
     // Requests have finished; shadow samples still in flight are stored before exit.
     if let Some(shadow) = shadow {
         let left = shadow.drain(SHADOW_DRAIN);

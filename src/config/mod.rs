@@ -13,7 +13,8 @@ use std::path::Path;
 pub use crate::compress::{CompressionMode, CompressorKind, ModelSettings, Role};
 pub use raw::{LogFormat, UpstreamKind};
 pub use raw::{
-    RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer, RawUpstream,
+    RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer, RawTelemetry,
+    RawUpstream,
 };
 pub use shadow::{Leg, RawPrice, Rollout, RouteShadow, ShadowSettings, Thresholds};
 pub use validate::{CompressionSettings, Config, Route, ServerSettings, UpstreamSettings};

@@ -18,6 +18,28 @@ pub struct RawConfig {
     #[serde(default)]
     pub compressors: RawCompressors,
     pub shadow: Option<RawShadow>,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+/// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTelemetry {
+    /// Collector base URL (`http://127.0.0.1:4318`); absent: `OTEL_EXPORTER_OTLP_ENDPOINT`, and
+    /// without that no tracing.
+    pub otlp_endpoint: Option<String>,
+    /// Share of traces recorded when the client's `traceparent` did not decide.
+    pub sample_rate: f64,
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_rate: 1.0,
+        }
+    }
 }
 
 /// `[compressors.NAME]`: model-backed compressors (`compress::registry`), each configured once

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::raw::{LogFormat, RawCompression, RawConfig, RawLocalModel, RawTls, UpstreamKind};
+use super::raw::{
+    LogFormat, RawCompression, RawConfig, RawLocalModel, RawTelemetry, RawTls, UpstreamKind,
+};
 use super::shadow::{
     validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
 };
@@ -23,6 +25,8 @@ pub struct Config {
     pub compressors: BTreeMap<String, ModelSettings>,
     /// `[shadow]`: where samples are stored and how they are scored.
     pub shadow: Option<ShadowSettings>,
+    /// `[telemetry]`: where traces go (`otlp_endpoint`) and how many (`sample_rate`).
+    pub telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Clone)]
@@ -292,6 +296,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         routes,
         compressors,
         shadow: raw.shadow.as_ref().map(validate_shadow).transpose()?,
+        telemetry: validate_telemetry(&raw.telemetry)?,
     })
 }
 
@@ -471,6 +476,24 @@ fn validate_tls(raw: &RawTls) -> Result<(std::path::PathBuf, std::path::PathBuf)
         ));
     }
     Ok((raw.cert.clone().into(), raw.key.clone().into()))
+}
+
+fn validate_telemetry(raw: &RawTelemetry) -> Result<RawTelemetry, ConfigError> {
+    if !(0.0..=1.0).contains(&raw.sample_rate) {
+        return Err(ConfigError::invalid(
+            "telemetry.sample_rate",
+            format!("must be in [0, 1], got {}", raw.sample_rate),
+        ));
+    }
+    if let Some(endpoint) = &raw.otlp_endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` is not an http(s):// URL"),
+            ));
+        }
+    }
+    Ok(raw.clone())
 }
 
 #[cfg(test)]

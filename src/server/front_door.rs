@@ -9,6 +9,7 @@
 //! through an OpenAI-shaped view of its text, built only when a compressor runs.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -28,6 +29,8 @@ use crate::config::{CompressorKind, Leg, Rollout, Route};
 use crate::error::ProxyError;
 use crate::openai::{headers, ChatRequest};
 use crate::providers::anthropic::inbound::{self, CompressionView};
+use crate::telemetry::{ChatFacts, RequestTrace};
+use opentelemetry::KeyValue;
 
 /// Uncompressed requests whose uncached text is at most this many bytes are counted inline (a
 /// few tens of microseconds); larger ones on the blocking pool.
@@ -128,6 +131,8 @@ pub async fn handle(
         door,
     );
     let chosen = compressor_for(sample.as_ref(), compressor, route);
+    let trace = RequestTrace::start(&session.req_header().headers, "chat", &request.model);
+    let compress_wall = trace.as_ref().map(|_| SystemTime::now());
     let compress_started = std::time::Instant::now();
     let (mut outcome, pending_count) =
         compress(state, route, door, &mut request, chosen, tokenizer).await;
@@ -135,6 +140,10 @@ pub async fn handle(
         m.compression_seconds
             .with_label_values(&[kind.name()])
             .observe(compress_started.elapsed().as_secs_f64());
+    }
+    if let (Some(trace), Some(started)) = (&trace, compress_wall) {
+        let compressor = KeyValue::new("condenser.compressor", outcome.compressor);
+        trace.child("compress", started, vec![compressor]);
     }
     let shadowing = sample.and_then(|s| {
         s.start(
@@ -164,7 +173,7 @@ pub async fn handle(
         }),
         _ => ResponseMode::Relay,
     };
-    let header = upstream
+    let mut header = upstream
         .request_header(
             session.req_header(),
             &encoded.path,
@@ -180,6 +189,14 @@ pub async fn handle(
         compressor = outcome.compressor,
         "forwarding"
     );
+    let provider = crate::telemetry::provider_name(upstream.settings.kind);
+    let upstream_span = trace.as_ref().map(|trace| {
+        let (span, traceparent) = trace.upstream(upstream.name(), provider);
+        if let Some(traceparent) = traceparent {
+            let _ = header.insert_header("traceparent", traceparent);
+        }
+        span
+    });
     let mut accounting = Accounting::new(
         &outcome,
         pending_count,
@@ -203,6 +220,9 @@ pub async fn handle(
             },
         )
         .await;
+    if let Some(span) = upstream_span {
+        span.finish(status.as_ref().ok().copied());
+    }
     if let Some(shadowing) = shadowing {
         shadowing.finish(ClientLeg {
             status: &status,
@@ -212,9 +232,28 @@ pub async fn handle(
             route: &route.name,
         });
     }
+    let tokens = match &status {
+        Ok(_) => Some(accounting.resolve().await),
+        Err(_) => None,
+    };
+    if let Some(trace) = trace {
+        let code = match &status {
+            Ok(code) => *code,
+            Err(ExchangeError::BeforeResponse(e)) => e.status(),
+            Err(ExchangeError::AfterResponse(_)) => 502,
+        };
+        let facts = ChatFacts {
+            route: &route.name,
+            provider,
+            compressor: accounting.compressor,
+            tokens,
+            fail_open: accounting.failed_open,
+        };
+        trace.finish(code, facts.attributes());
+    }
     log.compressor = Some(accounting.compressor);
+    log.tokens = tokens;
     log.status = status?;
-    log.tokens = Some(accounting.resolve().await);
     Ok(())
 }
 

@@ -237,6 +237,7 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         ("server.metrics", a.metrics != b.metrics),
         ("compressors", differs(&old.compressors, &new.compressors)),
         ("shadow", differs(&old.shadow, &new.shadow)),
+        ("telemetry", differs(&old.telemetry, &new.telemetry)),
     ] {
         if changed {
             keys.push(key.to_string());
