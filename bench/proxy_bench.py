@@ -11,7 +11,9 @@ warmed up and measured. Prints a markdown table.
 """
 
 import argparse
+import http.server
 import json
+import threading
 import os
 import re
 import signal
@@ -27,6 +29,7 @@ TARGETS = {
     "pingora passthrough": "http://127.0.0.1:18004/v1/chat/completions",
     "condenser": "http://127.0.0.1:18002/v1/chat/completions",
     "condenser, metrics off": "http://127.0.0.1:18005/v1/chat/completions",
+    "condenser, traced": "http://127.0.0.1:18007/v1/chat/completions",
     "LiteLLM 1.91.5": "http://127.0.0.1:18003/v1/chat/completions",
 }
 
@@ -106,12 +109,15 @@ def start(name, args, threads):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(18004)
     elif name.startswith("condenser"):
-        port = 18005 if "metrics off" in name else 18002
+        port = 18005 if "metrics off" in name else 18007 if "traced" in name else 18002
         with open(os.path.join(ROOT, "bench/proxy.toml")) as f:
             config = f.read().replace("threads = 1", f"threads = {threads}")
         config = config.replace("127.0.0.1:18002", f"127.0.0.1:{port}")
         if "metrics off" in name:
             config = config.replace("[server]", "[server]\nmetrics = false")
+        if "traced" in name:
+            # Every request traced (sample_rate 1) and exported to the local OTLP sink.
+            config += '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:18006"\nsample_rate = 1.0\n'
         path = f"/tmp/condenser-bench-{os.getpid()}-{port}.toml"
         with open(path, "w") as f:
             f.write(config)
@@ -129,6 +135,22 @@ def start(name, args, threads):
         wait_port(18003)
         time.sleep(3)
     return proc
+
+
+class OtlpSink(http.server.BaseHTTPRequestHandler):
+    """Accepts OTLP/HTTP exports and drops them (what a collector costs is not condenser's)."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
 
 
 def stop(proc):
@@ -155,6 +177,8 @@ def main():
         log(f"LiteLLM not found at {args.litellm}; skipping it")
         del targets["LiteLLM 1.91.5"]
     rows = []
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 18006), OtlpSink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
     mock = start("direct (mock)", args, threads)
     try:
         for name, url in targets.items():
@@ -197,6 +221,11 @@ def main():
         on, off = by_name["condenser"], by_name["condenser, metrics off"]
         print()
         print(f"metrics on vs off: 1 conn p50 {on[3]['p50_ms'] - off[3]['p50_ms']:+.3f} ms, "
+              f"2k req/s p50 {on[5]['p50_ms'] - off[5]['p50_ms']:+.3f} ms / p99 {on[5]['p99_ms'] - off[5]['p99_ms']:+.2f} ms, "
+              f"ceiling {on[6]['rps'] / off[6]['rps']:.2f}×")
+    if "condenser" in by_name and "condenser, traced" in by_name:
+        on, off = by_name["condenser, traced"], by_name["condenser"]
+        print(f"tracing at 100 % vs off: 1 conn p50 {on[3]['p50_ms'] - off[3]['p50_ms']:+.3f} ms, "
               f"2k req/s p50 {on[5]['p50_ms'] - off[5]['p50_ms']:+.3f} ms / p99 {on[5]['p99_ms'] - off[5]['p99_ms']:+.2f} ms, "
               f"ceiling {on[6]['rps'] / off[6]['rps']:.2f}×")
     if "condenser" in by_name and "pingora passthrough" in by_name:
