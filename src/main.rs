@@ -50,6 +50,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 when `URL` answers 200 (`http://HOST:PORT/PATH`; the container healthcheck, which
+    /// has no shell or curl to use).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:8787/readyz")]
+        url: String,
+    },
     /// Shadow A/B report per route from the shadow store.
     Report {
         #[arg(long, default_value = "proxy.toml")]
@@ -74,6 +80,7 @@ fn main() {
         Command::Serve { config, listen } => serve(&config, listen),
         Command::Check { config } => check(&config),
         Command::Routes { config, json } => routes(&config, json),
+        Command::Probe { url } => probe(&url),
         Command::Report {
             config,
             store,
@@ -127,6 +134,31 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "equivalence gates: {}",
         condenser::equivalence::gate_names().join(", ")
+    );
+    Ok(())
+}
+
+fn probe(url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("probe takes an http:// URL")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)?
+        .next()
+        .context("no address")?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut status = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut status)?;
+    anyhow::ensure!(
+        status.split_whitespace().nth(1) == Some("200"),
+        "{url}: {}",
+        status.trim()
     );
     Ok(())
 }

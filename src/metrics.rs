@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -134,15 +135,48 @@ impl Metrics {
     /// The Prometheus text exposition of every metric, plus the counters `extra` reads from
     /// elsewhere (name without prefix, help, kind, value).
     pub fn render(&self, extra: &[(&str, &str, &str, f64)]) -> String {
+        let families = self.registry.gather();
         let mut buffer = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        let _ = TextEncoder::new().encode(&families, &mut buffer);
         let mut text = String::from_utf8(buffer).unwrap_or_default();
+        // A labelled family with nothing recorded yet (no fail-open so far) is still announced,
+        // so dashboards and alerts can be checked against what this endpoint serves.
+        for (collector, kind) in self.families() {
+            for desc in collector.desc() {
+                // The registry adds the `condenser_` prefix when it gathers.
+                let name = format!("condenser_{}", desc.fq_name);
+                if !families.iter().any(|f| f.name() == name) {
+                    text.push_str(&format!(
+                        "# HELP {name} {}\n# TYPE {name} {kind}\n",
+                        desc.help
+                    ));
+                }
+            }
+        }
         for (name, help, kind, value) in extra {
             text.push_str(&format!(
                 "# HELP condenser_{name} {help}\n# TYPE condenser_{name} {kind}\ncondenser_{name} {value}\n"
             ));
         }
         text
+    }
+
+    /// Every registered family and its Prometheus type.
+    fn families(&self) -> [(&dyn Collector, &'static str); 12] {
+        [
+            (&self.requests, "counter"),
+            (&self.input_tokens, "counter"),
+            (&self.tokens_saved, "counter"),
+            (&self.compression_ratio, "histogram"),
+            (&self.compression_seconds, "histogram"),
+            (&self.fail_open, "counter"),
+            (&self.upstream_first_byte_seconds, "histogram"),
+            (&self.upstream_seconds, "histogram"),
+            (&self.upstream_errors, "counter"),
+            (&self.shadow_samples, "counter"),
+            (&self.shadow_spend_usd, "counter"),
+            (&self.local_model_queue_depth, "gauge"),
+        ]
     }
 
     /// Records one upstream exchange.
@@ -191,5 +225,7 @@ mod tests {
             .contains("condenser_requests_total{route=\"main\",status=\"200\",upstream=\"mock\"}"));
         assert!(text.contains("condenser_upstream_seconds_bucket{upstream=\"mock\",le=\"0.05\"} "));
         assert!(text.contains("# TYPE condenser_compression_cache_hits_total counter\ncondenser_compression_cache_hits_total 3\n"));
+        // Nothing failed open in this test: the family is announced all the same.
+        assert!(text.contains("# TYPE condenser_fail_open_total counter\n"));
     }
 }
