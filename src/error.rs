@@ -41,6 +41,10 @@ pub enum ProxyError {
     AdminReadOnly,
     #[error("no route named `{0}`")]
     RouteNotFound(String),
+    #[error("missing or unknown API key: send `Authorization: Bearer <key>` or `x-api-key: <key>` with a key condenser accepts")]
+    Unauthorized,
+    #[error("this API key may not use route `{0}`")]
+    RouteNotAllowed(String),
 }
 
 impl ProxyError {
@@ -62,6 +66,8 @@ impl ProxyError {
             Self::AdminUnauthorized => (401, "authentication_error", "invalid_admin_key"),
             Self::AdminReadOnly => (403, "permission_error", "admin_read_only"),
             Self::RouteNotFound(_) => (404, "invalid_request_error", "route_not_found"),
+            Self::Unauthorized => (401, "invalid_request_error", "invalid_api_key"),
+            Self::RouteNotAllowed(_) => (403, "invalid_request_error", "route_not_allowed"),
         }
     }
 
@@ -94,6 +100,8 @@ impl ProxyError {
     pub fn anthropic_body(&self) -> Vec<u8> {
         let kind = match self.status() {
             400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
             404 => "not_found_error",
             413 => "request_too_large",
             504 => "timeout_error",

@@ -221,6 +221,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     )?;
     if let Some(addr) = listen {
         cfg.server.listen = addr;
+        config::check_exposure(addr, cfg.auth.is_some(), cfg.server.allow_unauthenticated)?;
     }
     let listen = cfg.server.listen;
     let threads = if cfg.server.threads == 0 {
@@ -356,21 +357,35 @@ fn report(
     json: bool,
 ) -> anyhow::Result<()> {
     use condenser::shadow::store::{ShadowStore, SqliteStore};
+    let cfg = config::load(path).ok();
     let store = match store {
         Some(store) => store,
-        None => config::load(path)?
-            .shadow
-            .map(|s| s.store)
+        None => cfg
+            .as_ref()
+            .and_then(|c| c.shadow.as_ref())
+            .map(|s| s.store.clone())
             .context("the config has no [shadow] section; pass --store")?,
     };
     anyhow::ensure!(store.is_file(), "{} does not exist", store.display());
     let since = since.map(parse_since).transpose()?.unwrap_or(0);
     let samples = SqliteStore::open(&store)?.samples(route, since)?;
     let reports = condenser::shadow::report::summarise(&samples);
+    // Live changes made through the admin API, which the samples were taken under.
+    let overrides = match &cfg {
+        Some(cfg) => condenser::control::Overrides::load(&cfg.server.overrides_file)?,
+        None => condenser::control::Overrides::default(),
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        let out = serde_json::json!({"routes": reports, "overrides": overrides.routes});
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", condenser::shadow::report::markdown(&reports));
+        for (route, o) in &overrides.routes {
+            println!(
+                "\nroute `{route}` is overridden through the admin API: {}",
+                serde_json::to_string(o)?
+            );
+        }
     }
     Ok(())
 }

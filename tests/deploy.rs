@@ -102,6 +102,7 @@ fn the_stack_config_validates_and_its_parts_point_at_each_other() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_condenser"))
         .args(["check", "--config"])
         .arg(Path::new(ROOT).join("deploy/condenser.toml"))
+        .env("CONDENSER_CLIENT_KEY", "sk-client")
         .output()
         .expect("condenser check");
     assert!(

@@ -3,6 +3,7 @@
 //! strictly (unknown keys rejected, errors name the key path), then validated across fields into
 //! the runtime types the proxy uses.
 
+mod auth;
 mod env;
 mod raw;
 mod shadow;
@@ -11,6 +12,7 @@ mod validate;
 use std::path::Path;
 
 pub use crate::compress::{CompressionMode, CompressorKind, ModelSettings, Role};
+pub use auth::{check_exposure, digest, ClientKey};
 pub use raw::{LogFormat, UpstreamKind};
 pub use raw::{
     RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer, RawTelemetry,

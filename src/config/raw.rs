@@ -20,6 +20,27 @@ pub struct RawConfig {
     pub shadow: Option<RawShadow>,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// `[auth]`: client keys; absent: no client authentication (loopback only, unless
+    /// `server.allow_unauthenticated`).
+    pub auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub keys: Vec<RawClientKey>,
+}
+
+/// One client key: the variable holding it, or its SHA-256 — never the key itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientKey {
+    pub name: String,
+    pub key_env: Option<String>,
+    pub sha256: Option<String>,
+    /// Routes this key may use; absent: all.
+    pub routes: Option<Vec<String>>,
 }
 
 /// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
@@ -126,6 +147,9 @@ pub struct RawServer {
     pub metrics: bool,
     /// Serve HTTPS on `listen` with this certificate chain and key (PEM files).
     pub tls: Option<RawTls>,
+    /// Listen on a non-loopback address without `[auth]`: anyone who reaches the listener may
+    /// spend the configured provider keys. Refused at start-up unless set.
+    pub allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +182,7 @@ impl Default for RawServer {
             log_format: LogFormat::Text,
             metrics: true,
             tls: None,
+            allow_unauthenticated: false,
         }
     }
 }

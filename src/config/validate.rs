@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use super::auth::{check_exposure, validate_auth, ClientKey};
 use super::raw::{
     LogFormat, RawCompression, RawConfig, RawLocalModel, RawTelemetry, RawTls, UpstreamKind,
 };
@@ -27,6 +28,8 @@ pub struct Config {
     pub shadow: Option<ShadowSettings>,
     /// `[telemetry]`: where traces go (`otlp_endpoint`) and how many (`sample_rate`).
     pub telemetry: RawTelemetry,
+    /// `[auth]`: the client keys accepted; `None`: no client authentication.
+    pub auth: Option<Vec<ClientKey>>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +48,7 @@ pub struct ServerSettings {
     pub metrics: bool,
     /// `server.tls`: certificate chain and key files of the HTTPS listener.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +271,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
+    let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+    let auth = raw
+        .auth
+        .as_ref()
+        .map(|a| validate_auth(a, &route_names))
+        .transpose()?;
+    check_exposure(listen, auth.is_some(), raw.server.allow_unauthenticated)?;
+
     let default_route = match &raw.server.default_route {
         None => None,
         Some(name) => Some(routes.iter().position(|r| &r.name == name).ok_or_else(|| {
@@ -287,6 +299,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             overrides_file: raw.server.overrides_file.clone().into(),
             log_format: raw.server.log_format,
             metrics: raw.server.metrics,
+            allow_unauthenticated: raw.server.allow_unauthenticated,
             tls: match &raw.server.tls {
                 None => None,
                 Some(tls) => Some(validate_tls(tls)?),
@@ -297,6 +310,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         compressors,
         shadow: raw.shadow.as_ref().map(validate_shadow).transpose()?,
         telemetry: validate_telemetry(&raw.telemetry)?,
+        auth,
     })
 }
 

@@ -79,6 +79,7 @@ async fn prepare(
     let settings = &live.router.route(route).compression;
     let name = &live.router.route(route).name;
     log.route = Some(name.clone());
+    super::auth::may_use(log.client.as_ref(), name)?;
     // An auto-rollout route compresses while its shadow verdicts allow it.
     let enabled = match settings.rollout {
         Rollout::Manual => settings.enabled,

@@ -15,6 +15,7 @@
 mod access_log;
 mod accounting;
 mod admin;
+mod auth;
 mod codec;
 mod front_door;
 mod health;

@@ -28,6 +28,7 @@ pub async fn handle(
         .map_err(before)?;
     let route = live.router.route(route_index);
     log.route = Some(route.name.clone());
+    super::auth::may_use(log.client.as_ref(), &route.name).map_err(before)?;
     let upstream = &live.upstreams[route.upstream];
     log.upstream = Some(upstream.name().to_string());
     let path = upstream.upstream_path(&path_and_query(session));

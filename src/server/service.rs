@@ -12,7 +12,7 @@ use super::access_log::RequestLog;
 use super::codec::FrontDoor;
 use super::relay::ExchangeError;
 use super::state::AppState;
-use super::{admin, front_door, health, passthrough, reply};
+use super::{admin, auth, front_door, health, passthrough, reply};
 use crate::error::ProxyError;
 
 pub struct Condenser {
@@ -57,6 +57,9 @@ impl Condenser {
                     .await
                     .map_err(|e| ExchangeError::AfterResponse(e.to_string()))
             }
+            (_, p) if p.starts_with("/v1/") && !self.authenticated(session, log) => {
+                Err(ExchangeError::BeforeResponse(ProxyError::Unauthorized))
+            }
             ("GET", "/v1/models") => {
                 let body = state.live().models_body.clone();
                 self.reply(session, log, 200, body).await
@@ -77,6 +80,25 @@ impl Condenser {
             }
             (_, p) if p.starts_with("/v1/") => passthrough::handle(state, session, log).await,
             _ => Err(not_found()),
+        }
+    }
+
+    /// With `[auth]`, whether the request carries an accepted key (recorded in `log`); without
+    /// it, always.
+    fn authenticated(&self, session: &Session, log: &mut RequestLog) -> bool {
+        let live = self.state.live();
+        let Some(keys) = &live.config.auth else {
+            return true;
+        };
+        if session.req_header().uri.path() == "/v1/messages" {
+            log.anthropic_errors = true;
+        }
+        match auth::authenticate(session, keys) {
+            Ok(key) => {
+                log.client = Some(key);
+                true
+            }
+            Err(_) => false,
         }
     }
 

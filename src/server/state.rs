@@ -40,11 +40,12 @@ impl Live {
     fn build(config: Config, overrides: Overrides) -> Self {
         let routes = overrides.apply(&config.routes);
         let router = Router::new(routes, config.server.default_route);
+        let client_auth = config.auth.is_some();
         let upstreams = config
             .upstreams
             .iter()
             .cloned()
-            .map(Upstream::new)
+            .map(|u| Upstream::new(u).with_client_auth(client_auth))
             .collect();
         Self {
             models_body: super::health::models_body(&config),

@@ -36,6 +36,8 @@ pub struct Upstream {
     resolved: Mutex<Option<(Instant, SocketAddr)>>,
     /// `ca_file`'s certificates, trusted for this upstream instead of the platform's.
     ca: Option<Arc<CaType>>,
+    /// `[auth]` is on: the client's credentials are condenser's, never forwarded.
+    client_auth: bool,
 }
 
 /// How the answer goes back to the client: extra headers, relayed or translated, and an optional
@@ -74,12 +76,20 @@ impl Upstream {
             Arc::from(wrapped.into_boxed_slice())
         });
         Self {
+            client_auth: false,
             ca,
             provider: providers::for_kind(settings.kind),
             settings,
             api_key,
             resolved: Mutex::new(None),
         }
+    }
+
+    /// With client authentication on, the client's `Authorization` / `x-api-key` authenticate
+    /// it to condenser and are never sent upstream.
+    pub fn with_client_auth(mut self, on: bool) -> Self {
+        self.client_auth = on;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -174,8 +184,10 @@ impl Upstream {
         let configured = self.api_key.is_some();
         // A configured key replaces whatever the client sent; otherwise the client's bearer
         // token is re-issued in the provider's own header when that is not `authorization`.
+        let client_credential = |n: &str| matches!(n, "authorization" | "x-api-key");
         let drop_client_auth = |n: &str| {
-            (n == "authorization" && (configured || native_auth != "authorization"))
+            (self.client_auth && client_credential(n))
+                || (n == "authorization" && (configured || native_auth != "authorization"))
                 || (n == native_auth && configured)
         };
         for (name, value) in client.headers.iter() {
@@ -201,7 +213,10 @@ impl Upstream {
         }
         let key = if configured {
             self.api_key.clone()
-        } else if native_auth != "authorization" && !client.headers.contains_key(native_auth) {
+        } else if !self.client_auth
+            && native_auth != "authorization"
+            && !client.headers.contains_key(native_auth)
+        {
             client_bearer
         } else {
             None

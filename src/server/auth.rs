@@ -1,0 +1,44 @@
+//! Client authentication (`[auth]`): the client's key from `Authorization: Bearer` or
+//! `x-api-key` (the OpenAI and Anthropic SDKs' habits), hashed and compared in constant time
+//! with every configured key's SHA-256; the key's name goes to the access log, and its allowed
+//! routes are checked once the request is routed. With `[auth]` on, the client's key is never
+//! forwarded upstream (`Upstream` drops it): the configured provider key is used.
+
+use pingora::proxy::Session;
+
+use super::request::header_str;
+use crate::config::{digest, ClientKey};
+use crate::error::ProxyError;
+
+/// The key the request presents, matched against `keys`.
+pub fn authenticate(session: &Session, keys: &[ClientKey]) -> Result<ClientKey, ProxyError> {
+    let presented = header_str(session, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| header_str(session, "x-api-key"))
+        .ok_or(ProxyError::Unauthorized)?;
+    let presented = digest(presented.trim());
+    // Every key is compared, in time independent of where the digests differ.
+    let mut found = None;
+    for key in keys {
+        let same = key
+            .digest
+            .iter()
+            .zip(presented.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+        if same && found.is_none() {
+            found = Some(key.clone());
+        }
+    }
+    found.ok_or(ProxyError::Unauthorized)
+}
+
+/// Whether `client` (when authentication is on) may use `route`.
+pub fn may_use(client: Option<&ClientKey>, route: &str) -> Result<(), ProxyError> {
+    match client.and_then(|c| c.routes.as_ref()) {
+        Some(allowed) if !allowed.iter().any(|r| r == route) => {
+            Err(ProxyError::RouteNotAllowed(route.to_string()))
+        }
+        _ => Ok(()),
+    }
+}

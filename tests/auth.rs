@@ -1,0 +1,166 @@
+//! Client authentication (`[auth]`) through the real binary: requests without an accepted key
+//! get 401 in the caller's dialect, keys are accepted from `Authorization: Bearer` and
+//! `x-api-key`, from the environment or as a SHA-256, a key limited to some routes gets 403
+//! elsewhere, the client's key never reaches the upstream, and a non-loopback listener without
+//! `[auth]` is refused at start-up.
+
+mod common;
+
+use common::{config, Condenser, MockUpstream};
+use serde_json::{json, Value};
+
+const TEAM_KEY: &str = "sk-condenser-team-0123456789";
+const READER_KEY: &str = "sk-condenser-reader-9876543210";
+
+fn sha256_hex(key: &str) -> String {
+    condenser::config::digest(key)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn with_auth(mock: &MockUpstream) -> String {
+    let base = config(&mock.base_url(), "", "enabled = false");
+    // Routes match in order: `other` goes before the catch-all.
+    let other_route =
+        "[[routes]]\nname = \"other\"\nmodels = [\"other-*\"]\nupstream = \"mock\"\n\n";
+    base.replacen("[[routes]]", &format!("{other_route}[[routes]]"), 1)
+        + &format!(
+            r#"
+[auth]
+[[auth.keys]]
+name = "team"
+key_env = "CONDENSER_TEST_TEAM_KEY"
+
+[[auth.keys]]
+name = "reader"
+sha256 = "{}"
+routes = ["other"]
+"#,
+            sha256_hex(READER_KEY)
+        )
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test]
+async fn only_accepted_keys_pass_and_never_reach_the_upstream() {
+    let mock = MockUpstream::start().await;
+    let proxy =
+        Condenser::start_with_env(&with_auth(&mock), &[("CONDENSER_TEST_TEAM_KEY", TEAM_KEY)]);
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| client.post(proxy.url(path)).json(&body);
+
+    for request in [
+        post("/v1/chat/completions", chat("gpt-4o-mini")),
+        post("/v1/chat/completions", chat("gpt-4o-mini")).bearer_auth("sk-wrong"),
+        post("/v1/embeddings", json!({"model": "e", "input": "x"})).bearer_auth("sk-wrong"),
+    ] {
+        let resp = request.send().await.expect("send");
+        assert_eq!(resp.status(), 401);
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+    }
+    // The Anthropic front door answers in Anthropic's shape.
+    let resp = post(
+        "/v1/messages",
+        json!({"model": "claude-x", "max_tokens": 8, "messages": []}),
+    )
+    .header("x-api-key", "sk-wrong")
+    .send()
+    .await
+    .expect("send");
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "authentication_error", "{body}");
+    assert!(
+        mock.received().is_empty(),
+        "nothing unauthenticated went upstream"
+    );
+
+    // Accepted from either header; the client's key is not forwarded.
+    let ok = post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .bearer_auth(TEAM_KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(ok.status(), 200);
+    let ok = post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .header("x-api-key", TEAM_KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(ok.status(), 200);
+    for request in mock.received() {
+        assert!(
+            request.header("authorization").is_none(),
+            "{:?}",
+            request.headers
+        );
+        assert!(
+            request.header("x-api-key").is_none(),
+            "{:?}",
+            request.headers
+        );
+    }
+
+    // A key limited to `other` may use it, and nothing else.
+    let allowed = post("/v1/chat/completions", chat("other-model"))
+        .bearer_auth(READER_KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(allowed.status(), 200);
+    let denied = post("/v1/chat/completions", chat("gpt-4o-mini"))
+        .bearer_auth(READER_KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(denied.status(), 403);
+    let body: Value = denied.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "route_not_allowed");
+    // The access log names the key, never shows it.
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("client=reader") || logs.contains("client=\"reader\""),
+        "{logs}"
+    );
+    assert!(!logs.contains(TEAM_KEY) && !logs.contains(READER_KEY));
+}
+
+#[tokio::test]
+async fn a_public_listener_without_auth_is_refused_at_start_up() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config(&mock.base_url(), "", "enabled = false")).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_condenser"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--config"])
+        .arg(&path)
+        .output()
+        .expect("serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[auth]") && stderr.contains("server.allow_unauthenticated"),
+        "{stderr}"
+    );
+    let allowed = config(
+        &mock.base_url(),
+        "allow_unauthenticated = true\nlisten = \"0.0.0.0:0\"",
+        "",
+    );
+    std::fs::write(&path, allowed).expect("write");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_condenser"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
