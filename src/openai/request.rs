@@ -97,6 +97,16 @@ fn wrong_type(param: &str, expected: &str, got: &Value) -> WireError {
     ))
 }
 
+/// Roles of OpenAI's chat API (and the two of Anthropic's Messages API).
+const KNOWN_ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
 fn validate_messages(messages: &[Value]) -> Result<(), WireError> {
     if messages.is_empty() {
         return Err(WireError::Invalid(
@@ -108,7 +118,13 @@ fn validate_messages(messages: &[Value]) -> Result<(), WireError> {
             return Err(wrong_type(&format!("messages[{i}]"), "an object", message));
         };
         match fields.get("role") {
-            Some(Value::String(_)) => {}
+            Some(Value::String(role)) if KNOWN_ROLES.contains(&role.as_str()) => {}
+            Some(Value::String(role)) => {
+                return Err(WireError::Invalid(format!(
+                    "invalid value for 'messages[{i}].role': `{role}`; supported: {}",
+                    KNOWN_ROLES.join(", ")
+                )))
+            }
             Some(other) => {
                 return Err(wrong_type(
                     &format!("messages[{i}].role"),
