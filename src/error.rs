@@ -45,6 +45,10 @@ pub enum ProxyError {
     Unauthorized,
     #[error("this API key may not use route `{0}`")]
     RouteNotAllowed(String),
+    #[error("too many requests in flight ({0}); retry shortly")]
+    Overloaded(&'static str),
+    #[error("rate limit reached for this API key: {limit} requests per minute")]
+    RateLimited { limit: u32, retry_after_s: u64 },
 }
 
 impl ProxyError {
@@ -68,6 +72,8 @@ impl ProxyError {
             Self::RouteNotFound(_) => (404, "invalid_request_error", "route_not_found"),
             Self::Unauthorized => (401, "invalid_request_error", "invalid_api_key"),
             Self::RouteNotAllowed(_) => (403, "invalid_request_error", "route_not_allowed"),
+            Self::Overloaded(_) => (503, "api_error", "overloaded"),
+            Self::RateLimited { .. } => (429, "rate_limit_error", "rate_limit_exceeded"),
         }
     }
 
@@ -96,6 +102,23 @@ impl From<WireError> for ProxyError {
 }
 
 impl ProxyError {
+    /// Headers the error's answer carries: when to retry, and the rate limit.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Overloaded(_) => vec![("retry-after", "1".into())],
+            Self::RateLimited {
+                limit,
+                retry_after_s,
+            } => vec![
+                ("retry-after", retry_after_s.to_string()),
+                ("x-ratelimit-limit-requests", limit.to_string()),
+                ("x-ratelimit-remaining-requests", "0".into()),
+                ("x-ratelimit-reset-requests", format!("{retry_after_s}s")),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     /// The same error in the Anthropic Messages API's shape, for `/v1/messages` clients.
     pub fn anthropic_body(&self) -> Vec<u8> {
         let kind = match self.status() {
@@ -104,6 +127,8 @@ impl ProxyError {
             403 => "permission_error",
             404 => "not_found_error",
             413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
             504 => "timeout_error",
             _ => "api_error",
         };

@@ -164,3 +164,79 @@ async fn a_public_listener_without_auth_is_refused_at_start_up() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+#[tokio::test]
+async fn per_key_concurrency_and_rate_limits_answer_503_and_429_with_retry_after() {
+    use futures_util::StreamExt;
+    let mock = MockUpstream::start().await;
+    let cfg = config(&mock.base_url(), "", "enabled = false")
+        + r#"
+[auth]
+[[auth.keys]]
+name = "team"
+key_env = "CONDENSER_TEST_TEAM_KEY"
+max_in_flight = 1
+requests_per_minute = 3
+"#;
+    let proxy = Condenser::start_with_env(&cfg, &[("CONDENSER_TEST_TEAM_KEY", TEAM_KEY)]);
+    let client = reqwest::Client::new();
+    let send = |model: &str, stream: bool| {
+        client
+            .post(proxy.url("/v1/chat/completions"))
+            .bearer_auth(TEAM_KEY)
+            .json(&json!({"model": model, "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // One request held open upstream (the mock holds `gated` streams after the first event).
+    let held = send("gated", true).await.expect("send");
+    assert_eq!(held.status(), 200);
+    assert_eq!(
+        held.headers()
+            .get("x-ratelimit-remaining-requests")
+            .and_then(|v| v.to_str().ok()),
+        Some("2")
+    );
+    let mut stream = held.bytes_stream();
+    let _first = stream.next().await.expect("first event");
+    let busy = send("gpt-4o-mini", false).await.expect("send");
+    assert_eq!(busy.status(), 503);
+    assert_eq!(
+        busy.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = busy.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "overloaded");
+    // Releasing the held request frees the place.
+    mock.state.gate.notify_one();
+    while stream.next().await.is_some() {}
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The bucket holds 3 a minute; the held request took one, the refused one none: two more
+    // pass, the next is limited.
+    for _ in 0..2 {
+        assert_eq!(
+            send("gpt-4o-mini", false).await.expect("send").status(),
+            200
+        );
+    }
+    let limited = send("gpt-4o-mini", false).await.expect("send");
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        limited
+            .headers()
+            .get("x-ratelimit-remaining-requests")
+            .and_then(|v| v.to_str().ok()),
+        Some("0")
+    );
+    let body: Value = limited.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+}

@@ -17,6 +17,10 @@ pub struct ClientKey {
     pub digest: [u8; 32],
     /// Routes it may use; `None`: all.
     pub routes: Option<Vec<String>>,
+    /// Requests in flight at once; `None`: no limit.
+    pub max_in_flight: Option<usize>,
+    /// Requests per minute; `None`: no limit.
+    pub requests_per_minute: Option<u32>,
 }
 
 impl std::fmt::Debug for ClientKey {
@@ -24,6 +28,8 @@ impl std::fmt::Debug for ClientKey {
         f.debug_struct("ClientKey")
             .field("name", &self.name)
             .field("routes", &self.routes)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("requests_per_minute", &self.requests_per_minute)
             .finish_non_exhaustive()
     }
 }
@@ -81,10 +87,18 @@ pub(super) fn validate_auth(
                 ));
             }
         }
+        if key.max_in_flight == Some(0) || key.requests_per_minute == Some(0) {
+            return Err(ConfigError::invalid(
+                field("max_in_flight"),
+                "limits must be > 0 (leave a limit out for none)",
+            ));
+        }
         keys.push(ClientKey {
             name: key.name.clone(),
             digest,
             routes: key.routes.clone(),
+            max_in_flight: key.max_in_flight,
+            requests_per_minute: key.requests_per_minute,
         });
     }
     Ok(keys)

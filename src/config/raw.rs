@@ -41,6 +41,10 @@ pub struct RawClientKey {
     pub sha256: Option<String>,
     /// Routes this key may use; absent: all.
     pub routes: Option<Vec<String>>,
+    /// Requests of this key in flight at once; more get 503 with `Retry-After`.
+    pub max_in_flight: Option<usize>,
+    /// Requests per minute (a token bucket: bursts up to this many); more get 429.
+    pub requests_per_minute: Option<u32>,
 }
 
 /// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
@@ -150,6 +154,8 @@ pub struct RawServer {
     /// Listen on a non-loopback address without `[auth]`: anyone who reaches the listener may
     /// spend the configured provider keys. Refused at start-up unless set.
     pub allow_unauthenticated: bool,
+    /// Requests in flight at once across all clients (0: no limit); more get 503.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +189,7 @@ impl Default for RawServer {
             metrics: true,
             tls: None,
             allow_unauthenticated: false,
+            max_in_flight: 0,
         }
     }
 }

@@ -49,6 +49,7 @@ pub struct ServerSettings {
     /// `server.tls`: certificate chain and key files of the HTTPS listener.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub allow_unauthenticated: bool,
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -300,6 +301,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             log_format: raw.server.log_format,
             metrics: raw.server.metrics,
             allow_unauthenticated: raw.server.allow_unauthenticated,
+            max_in_flight: raw.server.max_in_flight,
             tls: match &raw.server.tls {
                 None => None,
                 Some(tls) => Some(validate_tls(tls)?),

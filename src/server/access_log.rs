@@ -14,6 +14,9 @@ pub struct RequestLog {
     pub upstream: Option<String>,
     /// The client key the request authenticated with (`[auth]`).
     pub client: Option<crate::config::ClientKey>,
+    /// Its place under the concurrency limits (released when the request ends) and its rate
+    /// limit state.
+    pub admission: Option<super::limits::Admission>,
     pub compressor: Option<&'static str>,
     pub tokens: Option<(usize, usize)>,
     pub error: Option<String>,
@@ -29,6 +32,7 @@ impl RequestLog {
             route: None,
             upstream: None,
             client: None,
+            admission: None,
             compressor: None,
             tokens: None,
             error: None,
@@ -56,6 +60,15 @@ impl RequestLog {
 }
 
 impl RequestLog {
+    /// The `x-ratelimit-*` headers of a rate-limited client key's answer.
+    pub fn rate_headers(&self) -> Vec<(&'static str, String)> {
+        self.admission
+            .as_ref()
+            .and_then(|a| a.rate)
+            .map(|r| r.headers())
+            .unwrap_or_default()
+    }
+
     /// Records the request in the metrics: its status by route and upstream, and for chat
     /// requests its tokens before and after compression.
     pub fn record_metrics(&self) {

@@ -214,7 +214,7 @@ pub async fn handle(
             header,
             encoded.body,
             Reply {
-                extra: Vec::new(),
+                extra: log.rate_headers(),
                 accounting: Some(&mut accounting),
                 mode,
                 capture: capture.as_mut(),

@@ -20,6 +20,7 @@ mod codec;
 mod front_door;
 mod health;
 mod judge;
+mod limits;
 mod passthrough;
 mod relay;
 mod reply;

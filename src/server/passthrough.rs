@@ -35,7 +35,8 @@ pub async fn handle(
     let header = upstream
         .request_header(session.req_header(), &path, raw.len(), true, &[])
         .map_err(before)?;
-    let extra = vec![(headers::ROUTE, route.name.clone())];
+    let mut extra = vec![(headers::ROUTE, route.name.clone())];
+    extra.extend(log.rate_headers());
     log.status = upstream
         .exchange(
             &state.connector,

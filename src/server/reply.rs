@@ -43,5 +43,14 @@ pub async fn error(
     } else {
         err.body()
     };
-    json(session, err.status(), body).await
+    let mut resp = ResponseHeader::build(err.status(), Some(3))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    for (name, value) in err.headers() {
+        resp.insert_header(name, value)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
 }

@@ -40,6 +40,10 @@ impl Condenser {
             })
         };
         let on_admin = self.on_admin_listener(session);
+        if header.uri.path().starts_with("/v1/") && !on_admin {
+            self.admit(session, log)
+                .map_err(ExchangeError::BeforeResponse)?;
+        }
         match (header.method.as_str(), header.uri.path()) {
             ("GET", "/healthz") => {
                 let body = health::healthz_body(&state.pipeline);
@@ -56,9 +60,6 @@ impl Condenser {
                 reply::text(session, 200, "text/plain; version=0.0.4", body)
                     .await
                     .map_err(|e| ExchangeError::AfterResponse(e.to_string()))
-            }
-            (_, p) if p.starts_with("/v1/") && !self.authenticated(session, log) => {
-                Err(ExchangeError::BeforeResponse(ProxyError::Unauthorized))
             }
             ("GET", "/v1/models") => {
                 let body = state.live().models_body.clone();
@@ -83,23 +84,19 @@ impl Condenser {
         }
     }
 
-    /// With `[auth]`, whether the request carries an accepted key (recorded in `log`); without
-    /// it, always.
-    fn authenticated(&self, session: &Session, log: &mut RequestLog) -> bool {
+    /// Admits a `/v1/*` request: authenticates it (with `[auth]`; the key is recorded in
+    /// `log`) and takes its place under the concurrency and rate limits, held in `log` until
+    /// the request ends.
+    fn admit(&self, session: &Session, log: &mut RequestLog) -> Result<(), ProxyError> {
         let live = self.state.live();
-        let Some(keys) = &live.config.auth else {
-            return true;
-        };
         if session.req_header().uri.path() == "/v1/messages" {
             log.anthropic_errors = true;
         }
-        match auth::authenticate(session, keys) {
-            Ok(key) => {
-                log.client = Some(key);
-                true
-            }
-            Err(_) => false,
+        if let Some(keys) = &live.config.auth {
+            log.client = Some(auth::authenticate(session, keys)?);
         }
+        log.admission = Some(live.limits.admit(log.client.as_ref())?);
+        Ok(())
     }
 
     /// Admin endpoints answer only on `server.admin_listen`, never on the public listener.

@@ -34,6 +34,8 @@ pub struct Live {
     pub upstreams: Vec<Upstream>,
     /// The `GET /v1/models` body.
     pub models_body: Vec<u8>,
+    /// Concurrency and rate limits (their counts restart when the configuration is reloaded).
+    pub limits: super::limits::Limits,
 }
 
 impl Live {
@@ -49,6 +51,7 @@ impl Live {
             .collect();
         Self {
             models_body: super::health::models_body(&config),
+            limits: super::limits::Limits::new(&config),
             config,
             overrides,
             router,
