@@ -223,6 +223,21 @@ pub struct RawUpstream {
     /// place of the platform's (a private CA). Verification is always on.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Retries of a request this upstream refused or answered 429/500/502/503/504 before
+    /// anything reached the client.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// First retry's delay; each retry doubles it, with jitter. A 429's `Retry-After` wins.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    200
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -241,6 +256,10 @@ pub struct RawRoute {
     #[serde(default)]
     pub models: Vec<String>,
     pub upstream: String,
+    /// Upstreams tried in order when `upstream` fails before answering (connection refused,
+    /// 429, 5xx, after its retries).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
     #[serde(default)]
     pub compression: RawCompression,
     pub shadow: Option<RawRouteShadow>,

@@ -66,6 +66,8 @@ pub struct UpstreamSettings {
     pub timeout_ms: u64,
     /// `ca_file`: the CA certificates (DER) trusted for this upstream instead of the platform's.
     pub ca_certs: Option<Vec<Vec<u8>>>,
+    pub max_retries: u32,
+    pub retry_backoff_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +77,8 @@ pub struct Route {
     pub models: GlobSet,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// Upstreams tried in order after `upstream` fails before answering.
+    pub fallbacks: Vec<usize>,
     pub compression: CompressionSettings,
     /// `[routes.shadow]`: sampled requests also sent in their other version and compared.
     pub shadow: Option<RouteShadow>,
@@ -175,6 +179,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             connect_timeout_ms: up.connect_timeout_ms,
             timeout_ms: up.timeout_ms,
             ca_certs,
+            max_retries: up.max_retries,
+            retry_backoff_ms: up.retry_backoff_ms,
         });
     }
 
@@ -197,6 +203,20 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     format!("no upstream named `{}`", r.upstream),
                 )
             })?;
+        let mut fallbacks = Vec::with_capacity(r.fallbacks.len());
+        for name in &r.fallbacks {
+            let index = upstreams
+                .iter()
+                .position(|u| &u.name == name)
+                .filter(|i| *i != upstream && !fallbacks.contains(i))
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        key("fallbacks"),
+                        format!("`{name}` is not another configured upstream"),
+                    )
+                })?;
+            fallbacks.push(index);
+        }
         let mut globs = GlobSetBuilder::new();
         for (j, pattern) in r.models.iter().enumerate() {
             let glob = Glob::new(pattern).map_err(|e| {
@@ -231,6 +251,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             model_patterns: r.models.clone(),
             models,
             upstream,
+            fallbacks,
             compression,
             shadow,
         });

@@ -25,3 +25,5 @@ pub const TOKENIZER: &str = "x-condenser-tokenizer";
 pub const FAIL_OPEN: &str = "x-condenser-fail-open";
 /// Response: which leg of a shadow sample the client was served.
 pub const SHADOW: &str = "x-condenser-shadow";
+/// Response: how many upstream attempts the answer took (retries and failover included).
+pub const ATTEMPTS: &str = "x-condenser-attempts";

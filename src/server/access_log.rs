@@ -12,6 +12,8 @@ pub struct RequestLog {
     pub status: u16,
     pub route: Option<String>,
     pub upstream: Option<String>,
+    /// Upstream attempts made (retries and failover included).
+    pub attempts: usize,
     /// The client key the request authenticated with (`[auth]`).
     pub client: Option<crate::config::ClientKey>,
     /// Its place under the concurrency limits (released when the request ends) and its rate
@@ -31,6 +33,7 @@ impl RequestLog {
             status: 0,
             route: None,
             upstream: None,
+            attempts: 0,
             client: None,
             admission: None,
             compressor: None,
@@ -49,6 +52,8 @@ impl RequestLog {
             status = self.status,
             route = self.route.as_deref().unwrap_or("-"),
             client = self.client.as_ref().map_or("-", |c| c.name.as_str()),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            attempts = self.attempts,
             compressor = self.compressor.unwrap_or("-"),
             tokens_before,
             tokens_after,

@@ -13,17 +13,16 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use pingora::proxy::Session;
-use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use super::access_log::RequestLog;
 use super::accounting::Accounting;
 use super::codec::FrontDoor;
-use super::relay::{Capture, ExchangeError, ResponseMode, Translation};
-use super::request::{header_str, path_and_query, read_whole};
+use super::forward::{forward, Forwarded, Outgoing};
+use super::relay::{Capture, ExchangeError};
+use super::request::{header_str, read_whole};
 use super::sampling::{compressor_for, ClientLeg, Sample};
 use super::state::{AppState, Live};
-use super::upstream::Reply;
 use crate::compress::{text_slots, CompressionOutcome, Tokenizer};
 use crate::config::{CompressorKind, Leg, Rollout, Route};
 use crate::error::ProxyError;
@@ -156,33 +155,6 @@ pub async fn handle(
             &mut outcome,
         )
     });
-    let unchanged = (!outcome.changed).then(|| raw.clone());
-    let encoded = door
-        .encode(upstream, &request, &path_and_query(session), unchanged)
-        .map_err(before)?;
-    let mode = match (door, &encoded.native_model) {
-        (FrontDoor::ChatCompletions, Some(model)) => ResponseMode::Translate(Translation {
-            provider: upstream.provider.clone(),
-            model: model.clone(),
-            stream: request.stream,
-            include_usage: request
-                .body
-                .get("stream_options")
-                .and_then(|o| o.get("include_usage"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        }),
-        _ => ResponseMode::Relay,
-    };
-    let mut header = upstream
-        .request_header(
-            session.req_header(),
-            &encoded.path,
-            encoded.body.len(),
-            false,
-            &encoded.headers,
-        )
-        .map_err(before)?;
     tracing::debug!(
         route = %route.name,
         model = %request.model,
@@ -190,14 +162,6 @@ pub async fn handle(
         compressor = outcome.compressor,
         "forwarding"
     );
-    let provider = crate::telemetry::provider_name(upstream.settings.kind);
-    let upstream_span = trace.as_ref().map(|trace| {
-        let (span, traceparent) = trace.upstream(upstream.name(), provider);
-        if let Some(traceparent) = traceparent {
-            let _ = header.insert_header("traceparent", traceparent);
-        }
-        span
-    });
     let mut accounting = Accounting::new(
         &outcome,
         pending_count,
@@ -207,23 +171,32 @@ pub async fn handle(
     );
     accounting.shadow = shadowing.as_ref().map(|s| s.served());
     let mut capture = shadowing.as_ref().map(|_| Capture::default());
-    let status = upstream
-        .exchange(
-            &state.connector,
-            session,
-            header,
-            encoded.body,
-            Reply {
-                extra: log.rate_headers(),
-                accounting: Some(&mut accounting),
-                mode,
-                capture: capture.as_mut(),
-            },
-        )
-        .await;
-    if let Some(span) = upstream_span {
-        span.finish(status.as_ref().ok().copied());
-    }
+    let outgoing = Outgoing {
+        door,
+        route,
+        request: &request,
+        unchanged: (!outcome.changed).then(|| raw.clone()),
+        extra: log.rate_headers(),
+    };
+    let forwarded = forward(
+        state,
+        &live,
+        session,
+        outgoing,
+        trace.as_ref(),
+        &mut accounting,
+        capture.as_mut(),
+    )
+    .await
+    .map_err(before)?;
+    let Forwarded {
+        status,
+        upstream,
+        attempts,
+    } = forwarded;
+    log.attempts = attempts;
+    log.upstream = Some(upstream.name().to_string());
+    let provider = crate::telemetry::provider_name(upstream.settings.kind);
     if let Some(shadowing) = shadowing {
         shadowing.finish(ClientLeg {
             status: &status,
@@ -241,7 +214,7 @@ pub async fn handle(
         let code = match &status {
             Ok(code) => *code,
             Err(ExchangeError::BeforeResponse(e)) => e.status(),
-            Err(ExchangeError::AfterResponse(_)) => 502,
+            Err(ExchangeError::AfterResponse(_) | ExchangeError::Retryable { .. }) => 502,
         };
         let facts = ChatFacts {
             route: &route.name,

@@ -46,6 +46,7 @@ pub async fn handle(
             Reply {
                 extra,
                 accounting: None,
+                retry: None,
                 mode: ResponseMode::Relay,
                 capture: None,
             },

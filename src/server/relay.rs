@@ -33,12 +33,22 @@ pub(super) const HOP_BY_HOP: &[&str] = &[
 pub enum ExchangeError {
     BeforeResponse(ProxyError),
     AfterResponse(String),
+    /// The upstream refused or failed in a way worth another attempt after `delay`, and nothing
+    /// reached the client (only when the caller allowed a retry).
+    Retryable {
+        delay: std::time::Duration,
+        reason: String,
+    },
 }
 
 impl ExchangeError {
     pub(super) fn into_proxy_error(self) -> ProxyError {
         match self {
             Self::BeforeResponse(e) => e,
+            Self::Retryable { reason, .. } => ProxyError::UpstreamProtocol {
+                upstream: String::new(),
+                reason,
+            },
             Self::AfterResponse(reason) => ProxyError::UpstreamProtocol {
                 upstream: String::new(),
                 reason,

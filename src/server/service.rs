@@ -157,6 +157,17 @@ impl ProxyHttp for Condenser {
                 reply::error(session, &err, ctx.anthropic_errors).await?;
                 Ok(true)
             }
+            Err(ExchangeError::Retryable { reason, .. }) => {
+                // The forwarding loop never lets a retry escape; answer as a failed upstream.
+                let err = ProxyError::UpstreamProtocol {
+                    upstream: String::new(),
+                    reason,
+                };
+                ctx.status = err.status();
+                ctx.error = Some(err.to_string());
+                reply::error(session, &err, ctx.anthropic_errors).await?;
+                Ok(true)
+            }
             Err(ExchangeError::AfterResponse(reason)) => {
                 ctx.error = Some(reason.clone());
                 // The response has started: closing the connection is the only way to tell the

@@ -49,7 +49,22 @@ pub struct Reply<'a> {
     pub accounting: Option<&'a mut Accounting>,
     pub mode: ResponseMode,
     pub capture: Option<&'a mut relay::Capture>,
+    /// Another attempt may follow: a refusal or a 429/5xx answer is returned as
+    /// [`ExchangeError::Retryable`] instead of being relayed.
+    pub retry: Option<Retry>,
 }
+
+/// When a failed attempt may be retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// No retry is worth starting if its delay would end after this.
+    pub deadline: Instant,
+    /// The delay before the next attempt, unless a 429 says `Retry-After`.
+    pub backoff: Duration,
+}
+
+/// Statuses worth another attempt: the upstream is limiting or failing, and has not answered.
+const RETRYABLE: &[u16] = &[429, 500, 502, 503, 504];
 
 impl Upstream {
     /// Reads the key from `api_key_env` once. When that variable is unset, the client's own
@@ -236,6 +251,7 @@ impl Upstream {
             ExchangeError::BeforeResponse(ProxyError::UpstreamProtocol { .. }) => "protocol",
             ExchangeError::BeforeResponse(_) => "other",
             ExchangeError::AfterResponse(_) => "mid_response",
+            ExchangeError::Retryable { .. } => "retried",
         };
         if let Some(m) = crate::metrics::recording() {
             m.upstream_errors
@@ -283,14 +299,50 @@ impl Upstream {
             accounting,
             mode,
             capture,
+            retry,
         } = reply;
+        let fits = |delay: Duration| retry.filter(|r| Instant::now() + delay < r.deadline);
         let peer = self.peer().await.map_err(ExchangeError::BeforeResponse)?;
         let started = Instant::now();
-        let mut up = self
-            .send(connector, &peer, request, body)
-            .await
-            .inspect_err(|e| self.count_error(e))?;
+        let mut up = match self.send(connector, &peer, request, body).await {
+            Ok(up) => up,
+            Err(ExchangeError::BeforeResponse(ProxyError::UpstreamUnreachable {
+                reason, ..
+            })) if retry.and_then(|r| fits(r.backoff)).is_some() => {
+                let delay = retry.map_or(Duration::ZERO, |r| r.backoff);
+                let error = ExchangeError::Retryable {
+                    delay,
+                    reason: format!("`{}` unreachable: {reason}", self.name()),
+                };
+                self.count_error(&error);
+                return Err(error);
+            }
+            Err(error) => {
+                self.count_error(&error);
+                return Err(error);
+            }
+        };
         let first_byte = started.elapsed();
+        if let Some(retry) = retry {
+            let header = up.response_header();
+            let status = header.map_or(0, |h| h.status.as_u16());
+            if RETRYABLE.contains(&status) {
+                // A 429's Retry-After (seconds) is honoured when it fits the deadline.
+                let delay = header
+                    .and_then(|h| h.headers.get("retry-after"))
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map_or(retry.backoff, Duration::from_secs);
+                if fits(delay).is_some() {
+                    let error = ExchangeError::Retryable {
+                        delay,
+                        reason: format!("`{}` answered {status}", self.name()),
+                    };
+                    self.count_error(&error);
+                    return Err(error);
+                }
+            }
+        }
         if let Some(accounting) = accounting {
             extra.extend(accounting.headers().await);
         }

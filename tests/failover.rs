@@ -1,0 +1,161 @@
+//! Retries and failover through the real binary: an upstream that answers 503 twice is retried
+//! until it answers; a refused upstream fails over to the route's fallback; a 429's
+//! `Retry-After` is honoured and, when every attempt is spent, the last answer is relayed. The
+//! client sees one answer and `x-condenser-attempts`.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use common::{Condenser, MockUpstream};
+use serde_json::{json, Value};
+
+/// An upstream that answers `failures` times with `status` (and `Retry-After: retry_after`),
+/// then with a chat completion; returns its port and its request count.
+async fn flaky(failures: usize, status: u16, retry_after: &'static str) -> (u16, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let seen = seen.clone();
+            async move {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                if n < failures {
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    let error = json!({"error": {"message": "busy", "type": "server_error", "code": null}});
+                    return (status, [("retry-after", retry_after)], axum::Json(error)).into_response();
+                }
+                axum::Json(json!({
+                    "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "recovered"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+                }))
+                .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, count)
+}
+
+fn proxy_config(primary: &str, retries: u32, fallback: Option<&str>) -> String {
+    let backup = fallback.map_or(String::new(), |url| {
+        format!("\n[[upstreams]]\nname = \"backup\"\nkind = \"openai\"\nbase_url = \"{url}\"\n")
+    });
+    let fallbacks = if fallback.is_some() {
+        "fallbacks = [\"backup\"]"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[server]
+threads = 1
+grace_period_seconds = 0
+
+[[upstreams]]
+name = "primary"
+kind = "openai"
+base_url = "{primary}"
+timeout_ms = 10000
+max_retries = {retries}
+retry_backoff_ms = 20
+{backup}
+[[routes]]
+name = "main"
+models = ["*"]
+upstream = "primary"
+{fallbacks}
+"#
+    )
+}
+
+async fn ask(proxy: &Condenser) -> (u16, Option<String>, Value) {
+    let resp = reqwest::Client::new()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    let attempts = resp
+        .headers()
+        .get("x-condenser-attempts")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (
+        resp.status().as_u16(),
+        attempts,
+        resp.json().await.expect("json"),
+    )
+}
+
+#[tokio::test]
+async fn a_failing_upstream_is_retried_until_it_answers() {
+    let (port, count) = flaky(2, 503, "0").await;
+    let proxy = Condenser::start(&proxy_config(
+        &format!("http://127.0.0.1:{port}/v1"),
+        2,
+        None,
+    ));
+    let (status, attempts, body) = ask(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "recovered");
+    assert_eq!(attempts.as_deref(), Some("3"));
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert!(proxy.logs().contains("attempts=3"), "{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn a_refused_upstream_fails_over_to_the_fallback() {
+    let backup = MockUpstream::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port(); // bound and released: nothing listens there
+    let proxy = Condenser::start(&proxy_config(
+        &format!("http://127.0.0.1:{closed}/v1"),
+        1,
+        Some(&backup.base_url()),
+    ));
+    let (status, attempts, body) = ask(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        attempts.as_deref(),
+        Some("3"),
+        "two refusals, then the fallback"
+    );
+    assert_eq!(backup.received().len(), 1);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_and_the_last_answer_is_relayed() {
+    let (port, count) = flaky(10, 429, "1").await;
+    let proxy = Condenser::start(&proxy_config(
+        &format!("http://127.0.0.1:{port}/v1"),
+        1,
+        None,
+    ));
+    let started = Instant::now();
+    let (status, attempts, body) = ask(&proxy).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited for Retry-After"
+    );
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        body["error"]["message"], "busy",
+        "the upstream's own answer"
+    );
+    assert_eq!(attempts.as_deref(), Some("2"));
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
