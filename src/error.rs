@@ -45,6 +45,8 @@ pub enum ProxyError {
     Unauthorized,
     #[error("this API key may not use route `{0}`")]
     RouteNotAllowed(String),
+    #[error("request headers exceed the limit ({0})")]
+    HeadersTooLarge(String),
     #[error("too many requests in flight ({0}); retry shortly")]
     Overloaded(&'static str),
     #[error("rate limit reached for this API key: {limit} requests per minute")]
@@ -73,6 +75,11 @@ impl ProxyError {
             Self::Unauthorized => (401, "invalid_request_error", "invalid_api_key"),
             Self::RouteNotAllowed(_) => (403, "invalid_request_error", "route_not_allowed"),
             Self::Overloaded(_) => (503, "api_error", "overloaded"),
+            Self::HeadersTooLarge(_) => (
+                431,
+                "invalid_request_error",
+                "request_header_fields_too_large",
+            ),
             Self::RateLimited { .. } => (429, "rate_limit_error", "rate_limit_exceeded"),
         }
     }

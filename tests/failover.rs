@@ -112,7 +112,16 @@ async fn a_failing_upstream_is_retried_until_it_answers() {
     assert_eq!(body["choices"][0]["message"]["content"], "recovered");
     assert_eq!(attempts.as_deref(), Some("3"));
     assert_eq!(count.load(Ordering::SeqCst), 3);
-    assert!(proxy.logs().contains("attempts=3"), "{}", proxy.logs());
+    // The access-log line is written as the request ends: give it a moment.
+    let mut logged = false;
+    for _ in 0..40 {
+        if proxy.logs().contains("attempts=3") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged, "{}", proxy.logs());
 }
 
 #[tokio::test]

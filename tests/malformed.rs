@@ -46,6 +46,10 @@ fn cases() -> Vec<Case> {
         "[".repeat(5000),
         "]".repeat(5000)
     );
+    let many_messages = format!(
+        "{{\"model\":\"m\",\"messages\":[{}]}}",
+        vec![r#"{"role":"user","content":"hi"}"#; 51].join(",")
+    );
     let oversized = format!(
         "{{\"model\":\"m\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
         "x".repeat(70_000)
@@ -74,6 +78,7 @@ fn cases() -> Vec<Case> {
         case("a NUL byte between tokens", CHAT, b"{\"model\": \"gpt-4o\",\x00 \"messages\": []}", 400, "invalid_json"),
         case("JSON nested 5,000 deep", CHAT, nested.as_bytes(), 400, "invalid_json"),
         case("a body over max_body_bytes", CHAT, oversized.as_bytes(), 413, "request_too_large"),
+        case("more messages than max_messages", CHAT, many_messages.as_bytes(), 400, "invalid_request"),
         case("Anthropic: no messages", MESSAGES, br#"{"model": "claude-x", "max_tokens": 8}"#, 400, "invalid_request_error"),
         case("Anthropic: a block without type", MESSAGES, br#"{"model": "claude-x", "max_tokens": 8, "messages": [{"role": "user", "content": [{"text": "hi"}]}]}"#, 400, "invalid_request_error"),
         case("Anthropic: broken JSON", MESSAGES, br#"{"model": "claude-x", "#, 400, "invalid_request_error"),
@@ -104,7 +109,11 @@ fn raw(addr: std::net::SocketAddr, request: &[u8], then_close_write: bool) -> (u
 #[tokio::test]
 async fn every_kind_of_malformed_request_gets_its_4xx_and_goes_nowhere() {
     let mock = MockUpstream::start().await;
-    let cfg = config(&mock.base_url(), "max_body_bytes = 65536", "enabled = true");
+    let cfg = config(
+        &mock.base_url(),
+        "max_body_bytes = 65536\nmax_messages = 50",
+        "enabled = true",
+    );
     let claude = format!(
         "\n[[upstreams]]\nname = \"claude\"\nkind = \"anthropic\"\nbase_url = \"{}\"\n",
         mock.base_url()
@@ -155,6 +164,24 @@ async fn every_kind_of_malformed_request_gets_its_4xx_and_goes_nowhere() {
         true,
     );
     assert_eq!(status, 400, "a chunked body cut short is refused: {text}");
+    let many_headers: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let (status, text) = raw(
+        addr,
+        format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{many_headers}\r\n")
+            .as_bytes(),
+        false,
+    );
+    assert_eq!(status, 431, "150 headers: {text}");
+    let big_header = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let (status, text) = raw(addr, big_header.as_bytes(), false);
+    assert!(
+        status == 431 || status == 400,
+        "70 KB of headers: {}",
+        &text[..text.len().min(200)]
+    );
     assert!(
         mock.received().is_empty(),
         "nothing malformed went upstream"

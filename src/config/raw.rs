@@ -156,6 +156,11 @@ pub struct RawServer {
     pub allow_unauthenticated: bool,
     /// Requests in flight at once across all clients (0: no limit); more get 503.
     pub max_in_flight: usize,
+    /// Request headers accepted, by count and total bytes (names and values); more get 431.
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+    /// Messages in one chat request; more get 400.
+    pub max_messages: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +195,9 @@ impl Default for RawServer {
             tls: None,
             allow_unauthenticated: false,
             max_in_flight: 0,
+            max_header_count: 100,
+            max_header_bytes: 64 * 1024,
+            max_messages: 10_000,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct ServerSettings {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub allow_unauthenticated: bool,
     pub max_in_flight: usize,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+    pub max_messages: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -323,6 +326,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             metrics: raw.server.metrics,
             allow_unauthenticated: raw.server.allow_unauthenticated,
             max_in_flight: raw.server.max_in_flight,
+            max_header_count: raw.server.max_header_count,
+            max_header_bytes: raw.server.max_header_bytes,
+            max_messages: raw.server.max_messages,
             tls: match &raw.server.tls {
                 None => None,
                 Some(tls) => Some(validate_tls(tls)?),

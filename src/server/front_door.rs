@@ -72,6 +72,13 @@ async fn prepare(
 ) -> Result<Prepared, ProxyError> {
     let raw = read_whole(session, live.config.server.max_body_bytes).await?;
     let request = ChatRequest::parse(&raw)?;
+    let max_messages = live.config.server.max_messages;
+    if request.messages().len() > max_messages {
+        return Err(ProxyError::InvalidRequest(format!(
+            "{} messages; at most {max_messages} per request (server.max_messages)",
+            request.messages().len()
+        )));
+    }
     let route = live
         .router
         .select(header_str(session, headers::ROUTE), Some(&request.model))?;

@@ -89,6 +89,25 @@ impl Condenser {
     /// the request ends.
     fn admit(&self, session: &Session, log: &mut RequestLog) -> Result<(), ProxyError> {
         let live = self.state.live();
+        let server = &live.config.server;
+        let headers = &session.req_header().headers;
+        if headers.len() > server.max_header_count {
+            return Err(ProxyError::HeadersTooLarge(format!(
+                "{} headers, at most {}",
+                headers.len(),
+                server.max_header_count
+            )));
+        }
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if bytes > server.max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge(format!(
+                "{bytes} bytes, at most {}",
+                server.max_header_bytes
+            )));
+        }
         if session.req_header().uri.path() == "/v1/messages" {
             log.anthropic_errors = true;
         }
