@@ -30,6 +30,7 @@ TARGETS = {
     "condenser": "http://127.0.0.1:18002/v1/chat/completions",
     "condenser, metrics off": "http://127.0.0.1:18005/v1/chat/completions",
     "condenser, traced": "http://127.0.0.1:18007/v1/chat/completions",
+    "condenser, auth + limits": "http://127.0.0.1:18008/v1/chat/completions",
     "LiteLLM 1.91.5": "http://127.0.0.1:18003/v1/chat/completions",
 }
 
@@ -109,12 +110,18 @@ def start(name, args, threads):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(18004)
     elif name.startswith("condenser"):
-        port = 18005 if "metrics off" in name else 18007 if "traced" in name else 18002
+        port = {"condenser, metrics off": 18005, "condenser, traced": 18007,
+                "condenser, auth + limits": 18008}.get(name, 18002)
         with open(os.path.join(ROOT, "bench/proxy.toml")) as f:
             config = f.read().replace("threads = 1", f"threads = {threads}")
         config = config.replace("127.0.0.1:18002", f"127.0.0.1:{port}")
         if "metrics off" in name:
             config = config.replace("[server]", "[server]\nmetrics = false")
+        if "auth" in name:
+            # Every request authenticated and counted against a key's rate and in-flight
+            # limits set high enough never to refuse (the load generators send `sk-bench`).
+            config += ('\n[auth]\n[[auth.keys]]\nname = "bench"\nkey_env = "CONDENSER_BENCH_KEY"\n'
+                       'max_in_flight = 100000\nrequests_per_minute = 100000000\n')
         if "traced" in name:
             # Every request traced (sample_rate 1) and exported to the local OTLP sink.
             config += '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:18006"\nsample_rate = 1.0\n'
@@ -124,7 +131,7 @@ def start(name, args, threads):
         proc = subprocess.Popen(
             [os.path.join(ROOT, "target/release/condenser"), "serve", "--config", path],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": "warn"})
+            env={**os.environ, "RUST_LOG": "warn", "CONDENSER_BENCH_KEY": "sk-bench"})
         wait_port(port)
     else:
         proc = subprocess.Popen(
@@ -226,6 +233,11 @@ def main():
     if "condenser" in by_name and "condenser, traced" in by_name:
         on, off = by_name["condenser, traced"], by_name["condenser"]
         print(f"tracing at 100 % vs off: 1 conn p50 {on[3]['p50_ms'] - off[3]['p50_ms']:+.3f} ms, "
+              f"2k req/s p50 {on[5]['p50_ms'] - off[5]['p50_ms']:+.3f} ms / p99 {on[5]['p99_ms'] - off[5]['p99_ms']:+.2f} ms, "
+              f"ceiling {on[6]['rps'] / off[6]['rps']:.2f}×")
+    if "condenser" in by_name and "condenser, auth + limits" in by_name:
+        on, off = by_name["condenser, auth + limits"], by_name["condenser"]
+        print(f"auth + limits vs none: 1 conn p50 {on[3]['p50_ms'] - off[3]['p50_ms']:+.3f} ms, "
               f"2k req/s p50 {on[5]['p50_ms'] - off[5]['p50_ms']:+.3f} ms / p99 {on[5]['p99_ms'] - off[5]['p99_ms']:+.2f} ms, "
               f"ceiling {on[6]['rps'] / off[6]['rps']:.2f}×")
     if "condenser" in by_name and "pingora passthrough" in by_name:
