@@ -168,3 +168,36 @@ async fn retry_after_is_honoured_and_the_last_answer_is_relayed() {
     assert_eq!(attempts.as_deref(), Some("2"));
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn an_upstream_that_keeps_failing_is_ejected_then_probed_again() {
+    let backup = MockUpstream::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let cfg = proxy_config(
+        &format!("http://127.0.0.1:{closed}/v1"),
+        0,
+        Some(&backup.base_url()),
+    )
+    .replace(
+        "retry_backoff_ms = 20",
+        "retry_backoff_ms = 20\neject_after = 2\neject_for_ms = 1500",
+    );
+    let proxy = Condenser::start(&cfg);
+    // Two failures in a row: each request tries the primary, then the fallback.
+    for _ in 0..2 {
+        assert_eq!(ask(&proxy).await.1.as_deref(), Some("2"));
+    }
+    // Ejected: straight to the fallback.
+    assert_eq!(ask(&proxy).await.1.as_deref(), Some("1"));
+    // After the cool-down one request probes the primary again.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(ask(&proxy).await.1.as_deref(), Some("2"));
+    assert_eq!(
+        backup.received().len(),
+        4,
+        "every answer came from the fallback"
+    );
+}

@@ -238,6 +238,21 @@ pub struct RawUpstream {
     /// First retry's delay; each retry doubles it, with jitter. A 429's `Retry-After` wins.
     #[serde(default = "default_retry_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// Consecutive failed attempts (refused, 429, 5xx) after which the upstream is skipped
+    /// while a route has another to try (0: never).
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
+    /// How long an ejected upstream is skipped before one request probes it again.
+    #[serde(default = "default_eject_for_ms")]
+    pub eject_for_ms: u64,
+}
+
+fn default_eject_after() -> u32 {
+    5
+}
+
+fn default_eject_for_ms() -> u64 {
+    30_000
 }
 
 fn default_retries() -> u32 {

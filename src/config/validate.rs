@@ -71,6 +71,8 @@ pub struct UpstreamSettings {
     pub ca_certs: Option<Vec<Vec<u8>>>,
     pub max_retries: u32,
     pub retry_backoff_ms: u64,
+    pub eject_after: u32,
+    pub eject_for_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +186,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ca_certs,
             max_retries: up.max_retries,
             retry_backoff_ms: up.retry_backoff_ms,
+            eject_after: up.eject_after,
+            eject_for_ms: up.eject_for_ms,
         });
     }
 

@@ -5,7 +5,9 @@
 //! the client, and only while the delay ends within the first upstream's `timeout_ms` of the
 //! start. The last attempt's answer, whatever it is, is relayed. Timeouts are not retried: the
 //! upstream may be generating, and paying twice for one answer is worse than an error. Every
-//! attempt is in the access log and in `x-condenser-attempts`.
+//! attempt is in the access log and in `x-condenser-attempts`. An upstream that fails
+//! `eject_after` attempts in a row is skipped for `eject_for_ms` while the route has another
+//! (a circuit breaker); then one request probes it again.
 
 use std::time::{Duration, Instant};
 
@@ -42,15 +44,29 @@ pub(super) struct Forwarded<'l> {
     pub attempts: usize,
 }
 
-/// The upstreams to try, each as often as its retries allow.
+/// The upstreams to try, each as often as its retries allow. Ejected upstreams are left out
+/// while another remains.
 fn plan(live: &Live, out: &Outgoing<'_>) -> Vec<(usize, u32)> {
-    std::iter::once(out.route.upstream)
+    let candidates: Vec<usize> = std::iter::once(out.route.upstream)
         .chain(out.route.fallbacks.iter().copied())
         .filter(|&i| {
             out.door
                 .accepts(&out.route.name, &live.upstreams[i])
                 .is_ok()
         })
+        .collect();
+    let healthy: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|&i| !live.upstreams[i].ejected())
+        .collect();
+    let chosen = if healthy.is_empty() {
+        candidates
+    } else {
+        healthy
+    };
+    chosen
+        .into_iter()
         .flat_map(|i| (0..=live.upstreams[i].settings.max_retries).map(move |k| (i, k)))
         .collect()
 }
@@ -145,6 +161,12 @@ pub(super) async fn forward<'l>(
         if let Some(span) = span {
             span.finish(status.as_ref().ok().copied());
         }
+        upstream.record_attempt(match &status {
+            Ok(code) => *code == 429 || *code >= 500,
+            Err(ExchangeError::Retryable { .. }) => true,
+            Err(ExchangeError::BeforeResponse(e)) => e.status() >= 500,
+            Err(ExchangeError::AfterResponse(_)) => false,
+        });
         match status {
             Err(ExchangeError::Retryable { delay, reason }) => {
                 tracing::info!(attempt = n + 1, %reason, delay_ms = delay.as_millis() as u64, "retrying upstream");

@@ -38,6 +38,8 @@ pub struct Upstream {
     ca: Option<Arc<CaType>>,
     /// `[auth]` is on: the client's credentials are condenser's, never forwarded.
     client_auth: bool,
+    /// Consecutive failed attempts, and until when the upstream is ejected.
+    breaker: Mutex<(u32, Option<Instant>)>,
 }
 
 /// How the answer goes back to the client: extra headers, relayed or translated, and an optional
@@ -91,6 +93,7 @@ impl Upstream {
             Arc::from(wrapped.into_boxed_slice())
         });
         Self {
+            breaker: Mutex::new((0, None)),
             client_auth: false,
             ca,
             provider: providers::for_kind(settings.kind),
@@ -105,6 +108,34 @@ impl Upstream {
     pub fn with_client_auth(mut self, on: bool) -> Self {
         self.client_auth = on;
         self
+    }
+
+    /// Whether the upstream is ejected now (it failed `eject_after` attempts in a row, less
+    /// than `eject_for_ms` ago). Once the time is up one request probes it again.
+    pub fn ejected(&self) -> bool {
+        let breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        breaker.1.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Records an attempt's outcome in the circuit breaker.
+    pub fn record_attempt(&self, failed: bool) {
+        let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        if !failed {
+            *breaker = (0, None);
+            return;
+        }
+        breaker.0 = breaker.0.saturating_add(1);
+        let threshold = self.settings.eject_after;
+        if threshold > 0 && breaker.0 >= threshold {
+            let cool_down = Duration::from_millis(self.settings.eject_for_ms);
+            breaker.1 = Some(Instant::now() + cool_down);
+            tracing::warn!(
+                upstream = self.name(),
+                failures = breaker.0,
+                cool_down_ms = self.settings.eject_for_ms,
+                "upstream ejected"
+            );
+        }
     }
 
     pub fn name(&self) -> &str {
