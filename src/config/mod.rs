@@ -7,6 +7,7 @@ mod auth;
 mod env;
 mod raw;
 mod shadow;
+mod tls;
 mod validate;
 
 use std::path::Path;
