@@ -11,6 +11,7 @@
 use pingora::proxy::Session;
 use serde_json::{json, Value};
 
+use super::auth::constant_time_eq;
 use super::request::{header_str, read_whole};
 use super::state::AppState;
 use crate::control::ControlError;
@@ -51,14 +52,6 @@ impl AdminKey {
             Err(ProxyError::AdminUnauthorized)
         }
     }
-}
-
-/// Equality whose time depends on the lengths only, not on where the bytes differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn control_error(error: ControlError) -> ProxyError {

@@ -20,17 +20,21 @@ pub fn authenticate(session: &Session, keys: &[ClientKey]) -> Result<ClientKey, 
     // Every key is compared, in time independent of where the digests differ.
     let mut found = None;
     for key in keys {
-        let same = key
-            .digest
-            .iter()
-            .zip(presented.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+        let same = constant_time_eq(&key.digest, &presented);
         if same && found.is_none() {
             found = Some(key.clone());
         }
     }
     found.ok_or(ProxyError::Unauthorized)
+}
+
+/// Equality whose time depends on the lengths only, not on where the bytes differ (client
+/// key digests here, the admin key in `admin`).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether `client` (when authentication is on) may use `route`.

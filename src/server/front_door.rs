@@ -288,11 +288,16 @@ fn count_uncompressed(
             .collect(),
         FrontDoor::AnthropicMessages => inbound::texts(&request.body),
     };
-    let uncached: usize = texts
-        .iter()
-        .filter(|t| tokenizer.cached_count(t).is_none())
-        .map(|t| t.len())
-        .sum();
+    // One cache lookup per text: cached counts are summed now, only the rest is counted.
+    let mut known = 0;
+    let mut uncached = Vec::new();
+    for text in texts {
+        match tokenizer.cached_count(text) {
+            Some(tokens) => known += tokens,
+            None => uncached.push(text),
+        }
+    }
+    let uncached_bytes: usize = uncached.iter().map(|t| t.len()).sum();
     let outcome = |tokens| CompressionOutcome {
         changed: false,
         tokens_before: tokens,
@@ -300,13 +305,14 @@ fn count_uncompressed(
         compressor: "off",
         failed_open: false,
     };
-    if uncached <= INLINE_COUNT_BYTES {
-        let tokens = texts.iter().map(|t| tokenizer.count(t)).sum();
+    if uncached_bytes <= INLINE_COUNT_BYTES {
+        let tokens = known + uncached.iter().map(|t| tokenizer.count(t)).sum::<usize>();
         return (outcome(tokens), None);
     }
-    let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
-    let pending =
-        tokio::task::spawn_blocking(move || owned.iter().map(|t| tokenizer.count(t)).sum());
+    let owned: Vec<String> = uncached.iter().map(|t| t.to_string()).collect();
+    let pending = tokio::task::spawn_blocking(move || {
+        known + owned.iter().map(|t| tokenizer.count(t)).sum::<usize>()
+    });
     (outcome(0), Some(pending))
 }
 
