@@ -49,8 +49,12 @@ pub enum ProxyError {
     HeadersTooLarge(String),
     #[error("too many requests in flight ({0}); retry shortly")]
     Overloaded(&'static str),
-    #[error("rate limit reached for this API key: {limit} requests per minute")]
-    RateLimited { limit: u32, retry_after_s: u64 },
+    #[error("rate limit reached for this API key: {limit} {} per minute", unit.noun())]
+    RateLimited {
+        unit: RateUnit,
+        limit: u32,
+        retry_after_s: u64,
+    },
 }
 
 impl ProxyError {
@@ -108,20 +112,58 @@ impl From<WireError> for ProxyError {
     }
 }
 
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateUnit {
+    Requests,
+    /// Input tokens sent upstream (after compression).
+    Tokens,
+}
+
+impl RateUnit {
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Requests => "requests",
+            Self::Tokens => "input tokens",
+        }
+    }
+
+    /// The `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` header names OpenAI's
+    /// clients read.
+    pub fn header_names(self) -> [&'static str; 3] {
+        match self {
+            Self::Requests => [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+            Self::Tokens => [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        }
+    }
+}
+
 impl ProxyError {
     /// Headers the error's answer carries: when to retry, and the rate limit.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             Self::Overloaded(_) => vec![("retry-after", "1".into())],
             Self::RateLimited {
+                unit,
                 limit,
                 retry_after_s,
-            } => vec![
-                ("retry-after", retry_after_s.to_string()),
-                ("x-ratelimit-limit-requests", limit.to_string()),
-                ("x-ratelimit-remaining-requests", "0".into()),
-                ("x-ratelimit-reset-requests", format!("{retry_after_s}s")),
-            ],
+            } => {
+                let [limit_name, remaining_name, reset_name] = unit.header_names();
+                vec![
+                    ("retry-after", retry_after_s.to_string()),
+                    (limit_name, limit.to_string()),
+                    (remaining_name, "0".into()),
+                    (reset_name, format!("{retry_after_s}s")),
+                ]
+            }
             _ => Vec::new(),
         }
     }

@@ -98,7 +98,7 @@ fn main() {
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = config::load(path)?;
     for up in &cfg.upstreams {
-        if let Some(var) = &up.api_key_env {
+        for var in up.deployments.iter().filter_map(|d| d.api_key_env.as_ref()) {
             if std::env::var_os(var).is_none() {
                 eprintln!(
                     "warning: upstreams `{}`: environment variable {var} is not set",
@@ -281,10 +281,14 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     // Requests have finished; shadow samples still in flight are stored before exit.
     if let Some(shadow) = shadow {
         let left = shadow.drain(SHADOW_DRAIN);
+        let stored = shadow
+            .stats
+            .stored
+            .load(std::sync::atomic::Ordering::Relaxed);
         if left > 0 {
-            tracing::warn!(left, "shadow samples still in flight at exit");
+            tracing::warn!(left, stored, "shadow samples still in flight at exit");
         } else {
-            tracing::info!("shadow samples drained");
+            tracing::info!(stored, "shadow samples drained");
         }
     }
     Ok(())

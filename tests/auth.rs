@@ -240,3 +240,78 @@ requests_per_minute = 3
     let body: Value = limited.json().await.expect("json");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
 }
+
+#[tokio::test]
+async fn input_tokens_are_limited_per_key_as_sent_upstream_after_compression() {
+    let mock = MockUpstream::start().await;
+    let cfg = config(
+        &mock.base_url(),
+        "",
+        "enabled = true\nmin_tokens = 200\ntarget_ratio = 0.35",
+    ) + r#"
+[auth]
+[[auth.keys]]
+name = "team"
+key_env = "CONDENSER_TEST_TEAM_KEY"
+input_tokens_per_minute = 2000
+"#;
+    let proxy = Condenser::start_with_env(&cfg, &[("CONDENSER_TEST_TEAM_KEY", TEAM_KEY)]);
+    let client = reqwest::Client::new();
+    let document = common::long_document();
+    let send = |compress: &'static str| {
+        client
+            .post(proxy.url("/v1/chat/completions"))
+            .bearer_auth(TEAM_KEY)
+            .header("x-condenser-compress", compress)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [
+                {"role": "user", "content": format!("{document}\n\nWho lit the lamp?")}]}))
+            .send()
+    };
+    let number = |resp: &reqwest::Response, name: &str| -> i64 {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_end_matches('s').parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {:?}", resp.headers()))
+    };
+    let first = send("on").await.expect("send");
+    assert_eq!(first.status(), 200);
+    assert_eq!(number(&first, "x-ratelimit-limit-tokens"), 2000);
+    assert_eq!(number(&first, "x-ratelimit-remaining-tokens"), 2000);
+    let (before, sent) = (
+        number(&first, "x-condenser-tokens-before"),
+        number(&first, "x-condenser-tokens-after"),
+    );
+    assert!(sent < before / 2, "compressed: {before} → {sent}");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The first request was charged what it sent upstream, not what the client wrote (a
+    // minute's refill at 2000/min adds about 33 a second).
+    let second = send("on").await.expect("send");
+    assert_eq!(second.status(), 200);
+    let remaining = number(&second, "x-ratelimit-remaining-tokens");
+    assert!(
+        (2000 - sent - 2..=2000 - sent + 60).contains(&remaining),
+        "remaining {remaining} after sending {sent}"
+    );
+    // Uncompressed requests overdraw the bucket: the key then waits.
+    let mut limited = None;
+    for _ in 0..2 {
+        let resp = send("off").await.expect("send");
+        if resp.status() == 429 {
+            limited = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let limited = limited.expect("an overdrawn key is limited");
+    assert_eq!(number(&limited, "x-ratelimit-remaining-tokens"), 0);
+    assert!(number(&limited, "retry-after") >= 1);
+    let body: Value = limited.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("2000 input tokens per minute"),
+        "{message}"
+    );
+}

@@ -148,9 +148,14 @@ fn a_mismatched_adapter_is_refused_naming_the_file() {
     let corrupt = dir.path().join("corrupt.gguf");
     std::fs::write(&corrupt, b"GGUF but not really").expect("write");
     for adapter in [&wrong, &corrupt] {
+        // The temporary folder is allowed as a model folder: the adapter's content is on test.
+        let server = format!(
+            "[server]\nmodel_dirs = [\"adapters\", \"{}\"]\n",
+            dir.path().display()
+        );
         let config = format!(
             "{}\n[compressors.select]\nmodel = \"{base}\"\nlora = \"{}\"\n",
-            shipped(),
+            shipped().replacen("[server]\n", &server, 1),
             adapter.display()
         );
         let out = check(&config, &[]);
@@ -201,5 +206,43 @@ fn compressors_and_gates_are_listed_by_name() {
         gate.contains("shadow.thresholds.vibes")
             && gate.contains("registered: facts, embedding, judge"),
         "{gate}"
+    );
+}
+
+#[test]
+fn model_files_outside_the_model_dirs_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = dir.path().join("all-MiniLM-L6-v2");
+    std::fs::create_dir(&outside).expect("mkdir");
+    let config = format!(
+        "{}\n[shadow]\nembedding_model = \"{}\"\n",
+        shipped(),
+        outside.display()
+    );
+    let out = check(&config, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("shadow.embedding_model") && stderr.contains("outside server.model_dirs"),
+        "{stderr}"
+    );
+    let climbing = format!(
+        "{}\n[shadow]\nembedding_model = \"models/../../../etc\"\n",
+        shipped()
+    );
+    assert!(
+        !check(&climbing, &[]).status.success(),
+        "`..` out of a model folder"
+    );
+    let allowed = config.replacen(
+        "[server]\n",
+        &format!("[server]\nmodel_dirs = [\"{}\"]\n", dir.path().display()),
+        1,
+    );
+    let out = check(&allowed, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -21,6 +21,8 @@ pub struct ClientKey {
     pub max_in_flight: Option<usize>,
     /// Requests per minute; `None`: no limit.
     pub requests_per_minute: Option<u32>,
+    /// Input tokens sent upstream per minute; `None`: no limit.
+    pub input_tokens_per_minute: Option<u32>,
 }
 
 impl std::fmt::Debug for ClientKey {
@@ -30,6 +32,7 @@ impl std::fmt::Debug for ClientKey {
             .field("routes", &self.routes)
             .field("max_in_flight", &self.max_in_flight)
             .field("requests_per_minute", &self.requests_per_minute)
+            .field("input_tokens_per_minute", &self.input_tokens_per_minute)
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +90,10 @@ pub(super) fn validate_auth(
                 ));
             }
         }
-        if key.max_in_flight == Some(0) || key.requests_per_minute == Some(0) {
+        if key.max_in_flight == Some(0)
+            || key.requests_per_minute == Some(0)
+            || key.input_tokens_per_minute == Some(0)
+        {
             return Err(ConfigError::invalid(
                 field("max_in_flight"),
                 "limits must be > 0 (leave a limit out for none)",
@@ -99,6 +105,7 @@ pub(super) fn validate_auth(
             routes: key.routes.clone(),
             max_in_flight: key.max_in_flight,
             requests_per_minute: key.requests_per_minute,
+            input_tokens_per_minute: key.input_tokens_per_minute,
         });
     }
     Ok(keys)

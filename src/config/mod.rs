@@ -5,9 +5,11 @@
 
 mod auth;
 mod env;
+mod paths;
 mod raw;
 mod shadow;
 mod tls;
+mod upstream;
 mod validate;
 
 use std::path::Path;
@@ -20,7 +22,8 @@ pub use raw::{
     RawUpstream,
 };
 pub use shadow::{Leg, RawPrice, Rollout, RouteShadow, ShadowSettings, Thresholds};
-pub use validate::{CompressionSettings, Config, Route, ServerSettings, UpstreamSettings};
+pub use upstream::{DeploymentSettings, UpstreamSettings};
+pub use validate::{CompressionSettings, Config, Route, ServerSettings};
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]

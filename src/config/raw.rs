@@ -45,6 +45,10 @@ pub struct RawClientKey {
     pub max_in_flight: Option<usize>,
     /// Requests per minute (a token bucket: bursts up to this many); more get 429.
     pub requests_per_minute: Option<u32>,
+    /// Input tokens sent upstream per minute (after compression, as providers bill them): a
+    /// request is admitted while the key's bucket is positive and its tokens are taken once
+    /// counted, so one large request may overdraw it; the key then waits (429) until it refills.
+    pub input_tokens_per_minute: Option<u32>,
 }
 
 /// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
@@ -161,6 +165,8 @@ pub struct RawServer {
     pub max_header_bytes: usize,
     /// Messages in one chat request; more get 400.
     pub max_messages: usize,
+    /// Folders model and adapter files may be loaded from (`config::paths`).
+    pub model_dirs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +204,7 @@ impl Default for RawServer {
             max_header_count: 100,
             max_header_bytes: 64 * 1024,
             max_messages: 10_000,
+            model_dirs: vec!["models".into(), "adapters".into()],
         }
     }
 }
@@ -218,10 +225,17 @@ pub enum UpstreamKind {
 pub struct RawUpstream {
     pub name: String,
     pub kind: UpstreamKind,
-    pub base_url: String,
+    /// The upstream's one deployment; or list several in `deployments`.
+    #[serde(default)]
+    pub base_url: Option<String>,
     /// Name of the environment variable holding the key; the key itself never goes in the file.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Several deployments of the same API (regions, accounts, replicas), each with its own
+    /// `base_url` and `api_key_env`: a request goes to the one with the fewest requests in
+    /// flight, and a retry to another.
+    #[serde(default)]
+    pub deployments: Vec<RawDeployment>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Longest wait for the response header and between two body reads.
@@ -245,6 +259,14 @@ pub struct RawUpstream {
     /// How long an ejected upstream is skipped before one request probes it again.
     #[serde(default = "default_eject_for_ms")]
     pub eject_for_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
 }
 
 fn default_eject_after() -> u32 {

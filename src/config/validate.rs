@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::auth::{check_exposure, validate_auth, ClientKey};
-use super::raw::{LogFormat, RawCompression, RawConfig, RawLocalModel, RawTelemetry, UpstreamKind};
+use super::paths::{confine, resolve_dirs};
+use super::raw::{LogFormat, RawCompression, RawConfig, RawLocalModel, RawTelemetry};
 use super::shadow::{
     validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
 };
-use super::tls::{read_certificates, validate_tls};
+use super::tls::validate_tls;
+use super::upstream::{validate_upstreams, UpstreamSettings};
 use super::ConfigError;
 use crate::compress::registry::{self, CompressorSpec};
 use crate::compress::{CompressionMode, CompressorKind, ModelSettings, PipelineSettings, Role};
@@ -52,26 +54,6 @@ pub struct ServerSettings {
     pub max_header_count: usize,
     pub max_header_bytes: usize,
     pub max_messages: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub name: String,
-    pub kind: UpstreamKind,
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path prefix that replaces the client's `/v1` (e.g. `/v1`, `/api/v1`).
-    pub base_path: String,
-    pub api_key_env: Option<String>,
-    pub connect_timeout_ms: u64,
-    pub timeout_ms: u64,
-    /// `ca_file`: the CA certificates (DER) trusted for this upstream instead of the platform's.
-    pub ca_certs: Option<Vec<Vec<u8>>>,
-    pub max_retries: u32,
-    pub retry_backoff_ms: u64,
-    pub eject_after: u32,
-    pub eject_for_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -139,56 +121,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(ConfigError::invalid("server.max_body_bytes", "must be > 0"));
     }
 
-    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
-    let mut names = HashSet::new();
-    for (i, up) in raw.upstreams.iter().enumerate() {
-        let key = |field: &str| format!("upstreams[{i}].{field}");
-        if !names.insert(up.name.as_str()) {
-            return Err(ConfigError::invalid(
-                key("name"),
-                format!("duplicate upstream `{}`", up.name),
-            ));
-        }
-        let (tls, host, port, base_path) = parse_base_url(&up.base_url)
-            .map_err(|reason| ConfigError::invalid(key("base_url"), reason))?;
-        if let Some(var) = &up.api_key_env {
-            if var.is_empty() || var.contains(char::is_whitespace) {
-                return Err(ConfigError::invalid(
-                    key("api_key_env"),
-                    "must be the name of an environment variable, not a key",
-                ));
-            }
-        }
-        if up.timeout_ms == 0 || up.connect_timeout_ms == 0 {
-            return Err(ConfigError::invalid(
-                key("timeout_ms"),
-                "timeouts must be > 0",
-            ));
-        }
-        let ca_certs = match &up.ca_file {
-            None => None,
-            Some(path) => Some(
-                read_certificates(path)
-                    .map_err(|reason| ConfigError::invalid(key("ca_file"), reason))?,
-            ),
-        };
-        upstreams.push(UpstreamSettings {
-            name: up.name.clone(),
-            kind: up.kind,
-            tls,
-            host,
-            port,
-            base_path,
-            api_key_env: up.api_key_env.clone(),
-            connect_timeout_ms: up.connect_timeout_ms,
-            timeout_ms: up.timeout_ms,
-            ca_certs,
-            max_retries: up.max_retries,
-            retry_backoff_ms: up.retry_backoff_ms,
-            eject_after: up.eject_after,
-            eject_for_ms: up.eject_for_ms,
-        });
-    }
+    let upstreams = validate_upstreams(&raw.upstreams)?;
 
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut route_names = HashSet::new();
@@ -299,6 +232,22 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
+    let model_dirs = resolve_dirs(&raw.server.model_dirs)?;
+    for (name, settings) in &compressors {
+        confine(
+            &format!("compressors.{name}.model"),
+            &settings.model,
+            &model_dirs,
+        )?;
+        if let Some((lora, _)) = &settings.lora {
+            confine(&format!("compressors.{name}.lora"), lora, &model_dirs)?;
+        }
+    }
+    let shadow = raw.shadow.as_ref().map(validate_shadow).transpose()?;
+    if let Some(embedder) = shadow.as_ref().and_then(|s| s.embedding_model.as_ref()) {
+        confine("shadow.embedding_model", embedder, &model_dirs)?;
+    }
+
     let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
     let auth = raw
         .auth
@@ -340,7 +289,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         upstreams,
         routes,
         compressors,
-        shadow: raw.shadow.as_ref().map(validate_shadow).transpose()?,
+        shadow,
         telemetry: validate_telemetry(&raw.telemetry)?,
         auth,
     })
@@ -451,30 +400,6 @@ fn validate_compression(
     })
 }
 
-/// `https://host[:port]/path` → (tls, host, port, path without trailing slash).
-fn parse_base_url(url: &str) -> Result<(bool, String, u16, String), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(format!("`{url}` must start with http:// or https://")),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("`{url}` has no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let base_path = uri.path().trim_end_matches('/').to_string();
-    if uri.query().is_some() {
-        return Err(format!("`{url}` must not carry a query string"));
-    }
-    Ok((tls, host, port, base_path))
-}
-
 fn validate_telemetry(raw: &RawTelemetry) -> Result<RawTelemetry, ConfigError> {
     if !(0.0..=1.0).contains(&raw.sample_rate) {
         return Err(ConfigError::invalid(
@@ -491,22 +416,4 @@ fn validate_telemetry(raw: &RawTelemetry) -> Result<RawTelemetry, ConfigError> {
         }
     }
     Ok(raw.clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_base_url;
-
-    #[test]
-    fn base_urls_split_into_parts() {
-        assert_eq!(
-            parse_base_url("https://api.openai.com/v1").ok(),
-            Some((true, "api.openai.com".into(), 443, "/v1".into()))
-        );
-        assert_eq!(
-            parse_base_url("http://127.0.0.1:8080/api/v1/").ok(),
-            Some((false, "127.0.0.1".into(), 8080, "/api/v1".into()))
-        );
-        assert!(parse_base_url("ftp://x/v1").is_err());
-    }
 }

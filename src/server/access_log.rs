@@ -12,6 +12,8 @@ pub struct RequestLog {
     pub status: u16,
     pub route: Option<String>,
     pub upstream: Option<String>,
+    /// The deployment (`host:port`) of the upstream that gave the answer.
+    pub deployment: Option<String>,
     /// Upstream attempts made (retries and failover included).
     pub attempts: usize,
     /// The client key the request authenticated with (`[auth]`).
@@ -33,6 +35,7 @@ impl RequestLog {
             status: 0,
             route: None,
             upstream: None,
+            deployment: None,
             attempts: 0,
             client: None,
             admission: None,
@@ -53,6 +56,7 @@ impl RequestLog {
             route = self.route.as_deref().unwrap_or("-"),
             client = self.client.as_ref().map_or("-", |c| c.name.as_str()),
             upstream = self.upstream.as_deref().unwrap_or("-"),
+            deployment = self.deployment.as_deref().unwrap_or("-"),
             attempts = self.attempts,
             compressor = self.compressor.unwrap_or("-"),
             tokens_before,
@@ -68,10 +72,17 @@ impl RequestLog {
     /// The `x-ratelimit-*` headers of a rate-limited client key's answer.
     pub fn rate_headers(&self) -> Vec<(&'static str, String)> {
         self.admission
-            .as_ref()
-            .and_then(|a| a.rate)
-            .map(|r| r.headers())
-            .unwrap_or_default()
+            .iter()
+            .flat_map(|a| &a.rates)
+            .flat_map(|r| r.headers())
+            .collect()
+    }
+
+    /// Charges the input tokens sent upstream to the client key's token rate limit.
+    pub fn charge_rate_limits(&self) {
+        if let (Some(admission), Some((_, sent))) = (&self.admission, self.tokens) {
+            admission.charge_input_tokens(sent);
+        }
     }
 
     /// Records the request in the metrics: its status by route and upstream, and for chat

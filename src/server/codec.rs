@@ -6,7 +6,10 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::upstream::Upstream;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+
+use super::upstream::{Target, Upstream};
 use crate::config::UpstreamKind;
 use crate::equivalence::Answer;
 use crate::error::ProxyError;
@@ -25,6 +28,7 @@ pub enum FrontDoor {
 
 /// A request encoded for one upstream.
 pub struct Encoded {
+    /// Below the API's base path (`/chat/completions`), which each deployment sets.
     pub path: String,
     pub body: Bytes,
     /// Headers the provider's API requires (`anthropic-version`, ...).
@@ -57,7 +61,7 @@ impl FrontDoor {
         unchanged: Option<Bytes>,
     ) -> Result<Encoded, ProxyError> {
         let as_sent = |headers| Encoded {
-            path: upstream.upstream_path(client_path),
+            path: Upstream::relative_path(client_path).to_string(),
             body: unchanged
                 .clone()
                 .unwrap_or_else(|| Bytes::from(request.to_bytes())),
@@ -72,7 +76,7 @@ impl FrontDoor {
             Self::ChatCompletions => Ok(match upstream.provider.encode_chat(request)? {
                 None => as_sent(Vec::new()),
                 Some(native) => Encoded {
-                    path: format!("{}{}", upstream.settings.base_path, native.path),
+                    path: native.path,
                     body: Bytes::from(native.body),
                     headers: native.headers,
                     native_model: Some(request.model.clone()),
@@ -104,6 +108,43 @@ impl FrontDoor {
             }
         }
     }
+}
+
+/// Sends an encoded non-streaming request no client waits on (a shadow leg, a judge call) to
+/// `target` with `client`'s headers, and reads the whole answer as a chat completion; `who`
+/// names the caller in errors.
+pub async fn ask_whole(
+    target: &Target<'_>,
+    connector: &Connector,
+    client: &RequestHeader,
+    encoded: Encoded,
+    who: &str,
+) -> Result<Answer, String> {
+    let mut header = target
+        .request_header(
+            client,
+            &encoded.path,
+            encoded.body.len(),
+            false,
+            &encoded.headers,
+        )
+        .map_err(|e| e.to_string())?;
+    // The client may have asked for a stream; this request is read whole.
+    let _ = header.insert_header("accept", "application/json");
+    let (status, answer) = target
+        .fetch(
+            connector,
+            header,
+            encoded.body,
+            encoded.native_model.as_deref(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !(200..300).contains(&status) {
+        return Err(format!("{who} answered {status}"));
+    }
+    Answer::from_completion(&answer)
+        .ok_or_else(|| format!("{who}'s answer is not a chat completion"))
 }
 
 /// The request as a non-streaming leg (shadow legs are read whole).

@@ -7,7 +7,9 @@
 //! upstream may be generating, and paying twice for one answer is worse than an error. Every
 //! attempt is in the access log and in `x-condenser-attempts`. An upstream that fails
 //! `eject_after` attempts in a row is skipped for `eject_for_ms` while the route has another
-//! (a circuit breaker); then one request probes it again.
+//! (a circuit breaker); then one request probes it again. Within an upstream of several
+//! deployments each attempt goes to the least busy one this request has not tried yet, and the
+//! breaker is per deployment (`deployment`).
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,8 @@ pub(super) struct Outgoing<'a> {
 pub(super) struct Forwarded<'l> {
     pub status: Result<u16, ExchangeError>,
     pub upstream: &'l Upstream,
+    /// The deployment (`host:port`) that gave the answer.
+    pub deployment: String,
     pub attempts: usize,
 }
 
@@ -107,8 +111,16 @@ pub(super) async fn forward<'l>(
     let first = &live.upstreams[out.route.upstream];
     let deadline = Instant::now() + Duration::from_millis(first.settings.timeout_ms);
     let client_path = path_and_query(session);
+    let mut tried: Vec<(usize, usize)> = Vec::with_capacity(attempts.len());
     for (n, &(index, retry_no)) in attempts.iter().enumerate() {
         let upstream = &live.upstreams[index];
+        let used: Vec<usize> = tried
+            .iter()
+            .filter(|(u, _)| *u == index)
+            .map(|(_, d)| *d)
+            .collect();
+        let target = upstream.target(&used);
+        tried.push((index, target.index));
         let encoded =
             out.door
                 .encode(upstream, out.request, &client_path, out.unchanged.clone())?;
@@ -118,7 +130,7 @@ pub(super) async fn forward<'l>(
             out.request,
             encoded.native_model.as_ref(),
         );
-        let mut header = upstream.request_header(
+        let mut header = target.request_header(
             session.req_header(),
             &encoded.path,
             encoded.body.len(),
@@ -143,7 +155,7 @@ pub(super) async fn forward<'l>(
         let last = n + 1 == attempts.len();
         let mut extra = out.extra.clone();
         extra.push((crate::openai::headers::ATTEMPTS, (n + 1).to_string()));
-        let status = upstream
+        let status = target
             .exchange(
                 &state.connector,
                 session,
@@ -161,7 +173,7 @@ pub(super) async fn forward<'l>(
         if let Some(span) = span {
             span.finish(status.as_ref().ok().copied());
         }
-        upstream.record_attempt(match &status {
+        target.record_attempt(match &status {
             Ok(code) => *code == 429 || *code >= 500,
             Err(ExchangeError::Retryable { .. }) => true,
             Err(ExchangeError::BeforeResponse(e)) => e.status() >= 500,
@@ -169,13 +181,20 @@ pub(super) async fn forward<'l>(
         });
         match status {
             Err(ExchangeError::Retryable { delay, reason }) => {
-                tracing::info!(attempt = n + 1, %reason, delay_ms = delay.as_millis() as u64, "retrying upstream");
+                tracing::info!(
+                    attempt = n + 1,
+                    deployment = %target.label(),
+                    %reason,
+                    delay_ms = delay.as_millis() as u64,
+                    "retrying upstream"
+                );
                 tokio::time::sleep(delay).await;
             }
             status => {
                 return Ok(Forwarded {
                     status,
                     upstream,
+                    deployment: target.label(),
                     attempts: n + 1,
                 })
             }

@@ -109,12 +109,12 @@ async fn prepare(
 /// Serves one request through `door`.
 pub async fn handle(
     state: &Arc<AppState>,
+    live: Arc<Live>,
     session: &mut Session,
     log: &mut RequestLog,
     door: FrontDoor,
 ) -> Result<(), ExchangeError> {
     let before = ExchangeError::BeforeResponse;
-    let live = state.live();
     let Prepared {
         raw,
         mut request,
@@ -199,9 +199,11 @@ pub async fn handle(
     let Forwarded {
         status,
         upstream,
+        deployment,
         attempts,
     } = forwarded;
     log.attempts = attempts;
+    log.deployment = Some(deployment);
     log.upstream = Some(upstream.name().to_string());
     let provider = crate::telemetry::provider_name(upstream.settings.kind);
     if let Some(shadowing) = shadowing {

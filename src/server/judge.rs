@@ -9,7 +9,7 @@ use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use serde_json::{json, Map};
 
-use super::codec::FrontDoor;
+use super::codec::{ask_whole, FrontDoor};
 use super::upstream::Upstream;
 use crate::equivalence::{Answer, JudgeClient};
 use crate::openai::ChatRequest;
@@ -59,26 +59,7 @@ impl JudgeClient for RouteJudge {
         client
             .insert_header("content-type", "application/json")
             .map_err(|e| e.to_string())?;
-        let header = self
-            .upstream
-            .request_header(
-                &client,
-                &encoded.path,
-                encoded.body.len(),
-                false,
-                &encoded.headers,
-            )
-            .map_err(|e| e.to_string())?;
-        let native_model = encoded.native_model.as_deref();
-        let (status, answer) = self
-            .upstream
-            .fetch(&self.connector, header, encoded.body, native_model)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !(200..300).contains(&status) {
-            return Err(format!("judge answered {status}"));
-        }
-        Answer::from_completion(&answer)
-            .ok_or_else(|| "judge's answer is not a chat completion".to_string())
+        let target = self.upstream.target(&[]);
+        ask_whole(&target, &self.connector, &client, encoded, "judge").await
     }
 }

@@ -1,9 +1,17 @@
 //! Concurrency and rate limits: requests in flight across all clients (`server.max_in_flight`,
 //! 503 beyond), and per client key (`[[auth.keys]] max_in_flight`, 503; `requests_per_minute`,
-//! a token bucket that allows bursts up to the per-minute limit, 429). Rejections carry
-//! `Retry-After`; rate-limited keys' answers carry the `x-ratelimit-*-requests` headers
-//! OpenAI's clients read. A request's places are held until it ends (the access-log context
-//! owns them). Counts start afresh when the configuration is reloaded.
+//! a token bucket that allows bursts up to the per-minute limit, 429; `input_tokens_per_minute`,
+//! a token bucket of input tokens, 429). Rejections carry `Retry-After`; rate-limited keys'
+//! answers carry the `x-ratelimit-*-requests` / `-tokens` headers OpenAI's clients read. A
+//! request's places are held until it ends (the access-log context owns them). Counts start
+//! afresh when the configuration is reloaded.
+//!
+//! Input tokens are what is sent upstream, after compression — what the provider bills. They
+//! are known only once the request is read and compressed (and, uncompressed, counted off the
+//! I/O thread), so admission asks only that the key's bucket be positive and the request's
+//! tokens are taken when it ends: one large request may overdraw the bucket, and the key then
+//! waits until it has refilled. A limit checked on an estimate before reading would be either
+//! wrong or a second tokenisation on the hot path.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +20,7 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{ClientKey, Config};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, RateUnit};
 
 /// A token bucket refilled continuously at `capacity` per minute.
 struct Bucket {
@@ -30,29 +38,52 @@ impl Bucket {
         }
     }
 
-    /// Takes one token; `Err(seconds until one is available)` when empty.
-    fn take(&mut self) -> Result<RateState, u64> {
+    fn refill(&mut self) {
         let now = Instant::now();
         let per_second = self.capacity / 60.0;
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * per_second)
             .min(self.capacity);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(RateState {
-                limit: self.capacity as u32,
-                remaining: self.tokens.floor() as u32,
-                reset_s: ((self.capacity - self.tokens) / per_second).ceil() as u64,
-            })
-        } else {
-            Err(((1.0 - self.tokens) / per_second).ceil().max(1.0) as u64)
+    }
+
+    fn state(&self, unit: RateUnit) -> RateState {
+        RateState {
+            unit,
+            limit: self.capacity as u32,
+            remaining: self.tokens.max(0.0).floor() as u32,
+            reset_s: ((self.capacity - self.tokens) / (self.capacity / 60.0)).ceil() as u64,
         }
+    }
+
+    /// Takes `cost` tokens if at least `need` are there; `Err(seconds until they are)`.
+    fn admit(&mut self, unit: RateUnit, need: f64, cost: f64) -> Result<RateState, u64> {
+        self.refill();
+        if self.tokens >= need {
+            self.tokens -= cost;
+            Ok(self.state(unit))
+        } else {
+            Err(((need - self.tokens) / (self.capacity / 60.0))
+                .ceil()
+                .max(1.0) as u64)
+        }
+    }
+
+    /// One request: takes one token; `Err(seconds until one is available)` when empty.
+    fn take(&mut self) -> Result<RateState, u64> {
+        self.admit(RateUnit::Requests, 1.0, 1.0)
+    }
+
+    /// Takes `n` tokens, going into debt if it must.
+    fn charge(&mut self, n: f64) {
+        self.refill();
+        self.tokens -= n;
     }
 }
 
 /// A key's rate-limit state after its request was admitted.
 #[derive(Debug, Clone, Copy)]
 pub struct RateState {
+    pub unit: RateUnit,
     pub limit: u32,
     pub remaining: u32,
     /// Seconds until the bucket is full again.
@@ -60,12 +91,13 @@ pub struct RateState {
 }
 
 impl RateState {
-    /// The `x-ratelimit-*-requests` response headers.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("x-ratelimit-limit-requests", self.limit.to_string()),
-            ("x-ratelimit-remaining-requests", self.remaining.to_string()),
-            ("x-ratelimit-reset-requests", format!("{}s", self.reset_s)),
+    /// The `x-ratelimit-*-requests` (or `-tokens`) response headers.
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        let [limit, remaining, reset] = self.unit.header_names();
+        [
+            (limit, self.limit.to_string()),
+            (remaining, self.remaining.to_string()),
+            (reset, format!("{}s", self.reset_s)),
         ]
     }
 }
@@ -73,6 +105,7 @@ impl RateState {
 struct KeyLimits {
     in_flight: Option<Arc<Semaphore>>,
     requests: Option<Mutex<Bucket>>,
+    input_tokens: Option<Arc<Mutex<Bucket>>>,
 }
 
 /// The limits of one configuration.
@@ -84,7 +117,22 @@ pub struct Limits {
 /// An admitted request's places, released when it is dropped.
 pub struct Admission {
     _places: Vec<OwnedSemaphorePermit>,
-    pub rate: Option<RateState>,
+    /// The request-rate and input-token states after admission.
+    pub rates: Vec<RateState>,
+    /// The key's input-token bucket, charged when the request ends.
+    input_tokens: Option<Arc<Mutex<Bucket>>>,
+}
+
+impl Admission {
+    /// Charges the request's input tokens (sent upstream) to its key's bucket.
+    pub fn charge_input_tokens(&self, tokens: usize) {
+        if let Some(bucket) = &self.input_tokens {
+            bucket
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .charge(tokens as f64);
+        }
+    }
 }
 
 impl Limits {
@@ -99,6 +147,9 @@ impl Limits {
                 let limits = KeyLimits {
                     in_flight: key.max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
                     requests: key.requests_per_minute.map(|n| Mutex::new(Bucket::new(n))),
+                    input_tokens: key
+                        .input_tokens_per_minute
+                        .map(|n| Arc::new(Mutex::new(Bucket::new(n)))),
                 };
                 (key.name.clone(), limits)
             })
@@ -121,7 +172,8 @@ impl Limits {
         let Some(limits) = client.and_then(|c| self.keys.get(&c.name)) else {
             return Ok(Admission {
                 _places: places,
-                rate: None,
+                rates: Vec::new(),
+                input_tokens: None,
             });
         };
         if let Some(in_flight) = &limits.in_flight {
@@ -132,24 +184,37 @@ impl Limits {
                     .map_err(|_| ProxyError::Overloaded("this API key"))?,
             );
         }
-        let rate = match &limits.requests {
-            None => None,
-            Some(bucket) => {
-                let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
-                let limit = bucket.capacity as u32;
-                Some(
-                    bucket
-                        .take()
-                        .map_err(|retry_after_s| ProxyError::RateLimited {
-                            limit,
-                            retry_after_s,
-                        })?,
-                )
+        let limited = |unit, bucket: &Bucket| {
+            let limit = bucket.capacity as u32;
+            move |retry_after_s| ProxyError::RateLimited {
+                unit,
+                limit,
+                retry_after_s,
             }
         };
+        let mut rates = Vec::new();
+        // Tokens first: a request refused for its tokens takes no request from the other bucket.
+        if let Some(bucket) = &limits.input_tokens {
+            let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let unit = RateUnit::Tokens;
+            rates.push(
+                bucket
+                    .admit(unit, 1.0, 0.0)
+                    .map_err(limited(unit, &bucket))?,
+            );
+        }
+        if let Some(bucket) = &limits.requests {
+            let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            rates.push(
+                bucket
+                    .take()
+                    .map_err(limited(RateUnit::Requests, &bucket))?,
+            );
+        }
         Ok(Admission {
             _places: places,
-            rate,
+            rates,
+            input_tokens: limits.input_tokens.clone(),
         })
     }
 }
@@ -165,5 +230,19 @@ mod tests {
         assert_eq!(bucket.take().map(|s| s.remaining).ok(), Some(0));
         let retry = bucket.take().expect_err("empty");
         assert!((1..=30).contains(&retry), "{retry}");
+    }
+
+    #[test]
+    fn an_input_token_bucket_may_be_overdrawn_then_makes_the_key_wait() {
+        let mut bucket = Bucket::new(600);
+        let state = bucket.admit(RateUnit::Tokens, 1.0, 0.0).expect("full");
+        assert_eq!(state.remaining, 600);
+        bucket.charge(1500.0);
+        // 900 in debt at 10 tokens a second: about 90 s until one is available.
+        let retry = bucket
+            .admit(RateUnit::Tokens, 1.0, 0.0)
+            .expect_err("in debt");
+        assert!((89..=91).contains(&retry), "{retry}");
+        assert_eq!(bucket.state(RateUnit::Tokens).remaining, 0);
     }
 }

@@ -17,6 +17,7 @@ mod accounting;
 mod admin;
 mod auth;
 mod codec;
+pub mod deployment;
 mod forward;
 mod front_door;
 mod health;

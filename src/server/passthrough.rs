@@ -7,17 +7,17 @@ use pingora::proxy::Session;
 use super::access_log::RequestLog;
 use super::relay::{ExchangeError, ResponseMode};
 use super::request::{header_str, path_and_query, read_whole};
-use super::state::AppState;
-use super::upstream::Reply;
+use super::state::{AppState, Live};
+use super::upstream::{Reply, Upstream};
 use crate::openai::headers;
 
 pub async fn handle(
     state: &AppState,
+    live: &Live,
     session: &mut Session,
     log: &mut RequestLog,
 ) -> Result<(), ExchangeError> {
     let before = ExchangeError::BeforeResponse;
-    let live = state.live();
     let raw = read_whole(session, live.config.server.max_body_bytes)
         .await
         .map_err(before)?;
@@ -31,13 +31,15 @@ pub async fn handle(
     super::auth::may_use(log.client.as_ref(), &route.name).map_err(before)?;
     let upstream = &live.upstreams[route.upstream];
     log.upstream = Some(upstream.name().to_string());
-    let path = upstream.upstream_path(&path_and_query(session));
-    let header = upstream
+    let target = upstream.target(&[]);
+    log.deployment = Some(target.label());
+    let path = Upstream::relative_path(&path_and_query(session)).to_string();
+    let header = target
         .request_header(session.req_header(), &path, raw.len(), true, &[])
         .map_err(before)?;
     let mut extra = vec![(headers::ROUTE, route.name.clone())];
     extra.extend(log.rate_headers());
-    log.status = upstream
+    log.status = target
         .exchange(
             &state.connector,
             session,

@@ -157,6 +157,11 @@ pub async fn relay(
 ) -> Result<Written, ExchangeError> {
     let header = upstream_header(upstream, up)?;
     let status = header.status.as_u16();
+    let event_stream = header
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut resp =
         copy_headers(&header, &[], &[], extra).map_err(|e| protocol(upstream, e.to_string()))?;
     let bodiless = header.status.is_informational() || matches!(status, 204 | 304);
@@ -179,10 +184,28 @@ pub async fn relay(
             }
             Ok(None) => break,
             Err(e) => {
-                return Err(ExchangeError::AfterResponse(format!(
+                let reason = format!(
                     "upstream `{upstream}` failed mid-response: {}",
                     e.etype().as_str()
-                )))
+                );
+                if event_stream {
+                    // An SDK reading events sees an error event (and then the unterminated
+                    // body), never a stream that merely stops. The blank lines end whatever
+                    // partial event the upstream was cut in.
+                    let mut frame = b"\n\n".to_vec();
+                    frame.extend(crate::openai::chunk::data_frame(
+                        &crate::openai::error::error_value(
+                            &reason,
+                            "server_error",
+                            None,
+                            "upstream_cut",
+                        ),
+                    ));
+                    let _ = client
+                        .write_response_body(Some(Bytes::from(frame)), false)
+                        .await;
+                }
+                return Err(ExchangeError::AfterResponse(reason));
             }
         }
     }

@@ -11,7 +11,7 @@ use pingora::{Error, ErrorType};
 use super::access_log::RequestLog;
 use super::codec::FrontDoor;
 use super::relay::ExchangeError;
-use super::state::AppState;
+use super::state::{AppState, Live};
 use super::{admin, auth, front_door, health, passthrough, reply};
 use crate::error::ProxyError;
 
@@ -40,9 +40,11 @@ impl Condenser {
             })
         };
         let on_admin = self.on_admin_listener(session);
+        // One configuration snapshot serves the whole request, admission included: a reload
+        // in between cannot admit it under one set of keys and route it under another.
+        let live = state.live();
         if header.uri.path().starts_with("/v1/") && !on_admin {
-            self.admit(session, log)
-                .map_err(ExchangeError::BeforeResponse)?;
+            Self::admit(&live, session, log).map_err(ExchangeError::BeforeResponse)?;
         }
         match (header.method.as_str(), header.uri.path()) {
             ("GET", "/healthz") => {
@@ -62,7 +64,7 @@ impl Condenser {
                     .map_err(|e| ExchangeError::AfterResponse(e.to_string()))
             }
             ("GET", "/v1/models") => {
-                let body = state.live().models_body.clone();
+                let body = live.models_body.clone();
                 self.reply(session, log, 200, body).await
             }
             (_, p) if on_admin && p.starts_with("/admin/") => {
@@ -73,13 +75,15 @@ impl Condenser {
             }
             (_, p) if on_admin || p.starts_with("/admin/") => Err(not_found()),
             ("POST", "/v1/chat/completions") => {
-                front_door::handle(state, session, log, FrontDoor::ChatCompletions).await
+                front_door::handle(state, live, session, log, FrontDoor::ChatCompletions).await
             }
             ("POST", "/v1/messages") => {
                 log.anthropic_errors = true;
-                front_door::handle(state, session, log, FrontDoor::AnthropicMessages).await
+                front_door::handle(state, live, session, log, FrontDoor::AnthropicMessages).await
             }
-            (_, p) if p.starts_with("/v1/") => passthrough::handle(state, session, log).await,
+            (_, p) if p.starts_with("/v1/") => {
+                passthrough::handle(state, &live, session, log).await
+            }
             _ => Err(not_found()),
         }
     }
@@ -87,8 +91,7 @@ impl Condenser {
     /// Admits a `/v1/*` request: authenticates it (with `[auth]`; the key is recorded in
     /// `log`) and takes its place under the concurrency and rate limits, held in `log` until
     /// the request ends.
-    fn admit(&self, session: &Session, log: &mut RequestLog) -> Result<(), ProxyError> {
-        let live = self.state.live();
+    fn admit(live: &Live, session: &Session, log: &mut RequestLog) -> Result<(), ProxyError> {
         let server = &live.config.server;
         let headers = &session.req_header().headers;
         if headers.len() > server.max_header_count {
@@ -218,6 +221,7 @@ impl ProxyHttp for Condenser {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         ctx.write(session);
+        ctx.charge_rate_limits();
         ctx.record_metrics();
     }
 }

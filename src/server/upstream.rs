@@ -1,10 +1,7 @@
-//! One configured upstream at runtime: its address (resolved asynchronously and cached, because
-//! `HttpPeer::new` with a hostname does a blocking lookup and panics on failure), its key (read
-//! from the environment once, never logged), and the request/response exchange over pingora's
-//! pooled connector.
+//! One configured upstream at runtime: its provider dialect, its deployments (`deployment`),
+//! and the request/response exchange with one of them over pingora's pooled connector.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,13 +15,12 @@ use pingora::utils::tls::{parse_x509, WrappedX509};
 use pingora::{Error, ErrorType};
 
 use super::accounting::Accounting;
+use super::deployment::{self, Deployment, InFlight};
 use super::relay::{self, ExchangeError, ResponseMode, HOP_BY_HOP};
 use crate::config::UpstreamSettings;
 use crate::error::ProxyError;
 use crate::providers::{self, Provider};
 
-/// How long a DNS answer is reused.
-const DNS_TTL: Duration = Duration::from_secs(30);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
@@ -32,14 +28,19 @@ pub struct Upstream {
     pub settings: UpstreamSettings,
     /// The API dialect this upstream speaks.
     pub provider: Arc<dyn Provider>,
-    api_key: Option<String>,
-    resolved: Mutex<Option<(Instant, SocketAddr)>>,
+    pub deployments: Vec<Deployment>,
     /// `ca_file`'s certificates, trusted for this upstream instead of the platform's.
     ca: Option<Arc<CaType>>,
     /// `[auth]` is on: the client's credentials are condenser's, never forwarded.
     client_auth: bool,
-    /// Consecutive failed attempts, and until when the upstream is ejected.
-    breaker: Mutex<(u32, Option<Instant>)>,
+}
+
+/// One attempt's destination: a deployment of an upstream, counted in flight until dropped.
+pub struct Target<'u> {
+    pub upstream: &'u Upstream,
+    deployment: &'u Deployment,
+    pub index: usize,
+    _in_flight: InFlight<'u>,
 }
 
 /// How the answer goes back to the client: extra headers, relayed or translated, and an optional
@@ -69,22 +70,12 @@ pub struct Retry {
 const RETRYABLE: &[u16] = &[429, 500, 502, 503, 504];
 
 impl Upstream {
-    /// Reads the key from `api_key_env` once. When that variable is unset, the client's own
-    /// `Authorization` is forwarded instead (with a start-up warning), so a developer can run the
-    /// shipped `proxy.toml` with their SDK's key.
     pub fn new(settings: UpstreamSettings) -> Self {
-        let api_key = settings
-            .api_key_env
-            .as_deref()
-            .and_then(|var| std::env::var(var).ok())
-            .filter(|k| !k.is_empty());
-        if let (Some(var), None) = (&settings.api_key_env, &api_key) {
-            tracing::warn!(
-                upstream = %settings.name,
-                variable = %var,
-                "API key variable not set; forwarding the client's Authorization header"
-            );
-        }
+        let deployments = settings
+            .deployments
+            .iter()
+            .map(|d| Deployment::new(&settings.name, d.clone()))
+            .collect();
         let ca = settings.ca_certs.as_ref().map(|certs| {
             let wrapped: Vec<WrappedX509> = certs
                 .iter()
@@ -93,13 +84,11 @@ impl Upstream {
             Arc::from(wrapped.into_boxed_slice())
         });
         Self {
-            breaker: Mutex::new((0, None)),
             client_auth: false,
             ca,
             provider: providers::for_kind(settings.kind),
             settings,
-            api_key,
-            resolved: Mutex::new(None),
+            deployments,
         }
     }
 
@@ -110,31 +99,21 @@ impl Upstream {
         self
     }
 
-    /// Whether the upstream is ejected now (it failed `eject_after` attempts in a row, less
-    /// than `eject_for_ms` ago). Once the time is up one request probes it again.
+    /// Whether every deployment of the upstream is ejected (see [`Deployment::ejected`]).
     pub fn ejected(&self) -> bool {
-        let breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        breaker.1.is_some_and(|until| Instant::now() < until)
+        self.deployments.iter().all(Deployment::ejected)
     }
 
-    /// Records an attempt's outcome in the circuit breaker.
-    pub fn record_attempt(&self, failed: bool) {
-        let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        if !failed {
-            *breaker = (0, None);
-            return;
-        }
-        breaker.0 = breaker.0.saturating_add(1);
-        let threshold = self.settings.eject_after;
-        if threshold > 0 && breaker.0 >= threshold {
-            let cool_down = Duration::from_millis(self.settings.eject_for_ms);
-            breaker.1 = Some(Instant::now() + cool_down);
-            tracing::warn!(
-                upstream = self.name(),
-                failures = breaker.0,
-                cool_down_ms = self.settings.eject_for_ms,
-                "upstream ejected"
-            );
+    /// The deployment for the next attempt (see [`deployment::pick`]); `tried` are the indexes
+    /// this request already used.
+    pub fn target(&self, tried: &[usize]) -> Target<'_> {
+        let index = deployment::pick(&self.deployments, tried);
+        let deployment = &self.deployments[index];
+        Target {
+            upstream: self,
+            deployment,
+            index,
+            _in_flight: deployment.start(),
         }
     }
 
@@ -142,136 +121,12 @@ impl Upstream {
         &self.settings.name
     }
 
-    /// Maps a client path (`/v1/chat/completions?x`) onto this upstream's base path.
-    pub fn upstream_path(&self, client_path_and_query: &str) -> String {
-        let rest = client_path_and_query
+    /// A client path (`/v1/chat/completions?x`) below the API's base path
+    /// (`/chat/completions?x`): each deployment puts its own base path in front.
+    pub fn relative_path(client_path_and_query: &str) -> &str {
+        client_path_and_query
             .strip_prefix("/v1")
-            .unwrap_or(client_path_and_query);
-        format!("{}{rest}", self.settings.base_path)
-    }
-
-    fn host_header(&self) -> String {
-        let s = &self.settings;
-        let default_port = if s.tls { 443 } else { 80 };
-        let host = if s.host.contains(':') {
-            format!("[{}]", s.host)
-        } else {
-            s.host.clone()
-        };
-        if s.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", s.port)
-        }
-    }
-
-    async fn address(&self) -> Result<SocketAddr, ProxyError> {
-        if let Ok(ip) = self.settings.host.parse::<std::net::IpAddr>() {
-            return Ok(SocketAddr::new(ip, self.settings.port));
-        }
-        if let Ok(guard) = self.resolved.lock() {
-            if let Some((at, addr)) = *guard {
-                if at.elapsed() < DNS_TTL {
-                    return Ok(addr);
-                }
-            }
-        }
-        let unreachable = |reason: String| ProxyError::UpstreamUnreachable {
-            upstream: self.settings.name.clone(),
-            reason,
-        };
-        let addr = tokio::net::lookup_host((self.settings.host.as_str(), self.settings.port))
-            .await
-            .map_err(|e| unreachable(format!("cannot resolve {}: {e}", self.settings.host)))?
-            .next()
-            .ok_or_else(|| unreachable(format!("{} has no address", self.settings.host)))?;
-        if let Ok(mut guard) = self.resolved.lock() {
-            *guard = Some((Instant::now(), addr));
-        }
-        Ok(addr)
-    }
-
-    async fn peer(&self) -> Result<HttpPeer, ProxyError> {
-        let addr = self.address().await?;
-        let mut peer = HttpPeer::new(addr, self.settings.tls, self.settings.host.clone());
-        peer.options.connection_timeout =
-            Some(Duration::from_millis(self.settings.connect_timeout_ms));
-        peer.options.read_timeout = Some(Duration::from_millis(self.settings.timeout_ms));
-        peer.options.write_timeout = Some(Duration::from_millis(self.settings.timeout_ms));
-        peer.options.idle_timeout = Some(POOL_IDLE);
-        peer.options.ca = self.ca.clone();
-        Ok(peer)
-    }
-
-    /// The upstream request: the client's headers minus hop-by-hop and `x-condenser-*`, with
-    /// `Host`, `Content-Length`, the provider's required headers (unless the client sent them)
-    /// and the key in the provider's header: the configured key, else the client's bearer token.
-    pub fn request_header(
-        &self,
-        client: &RequestHeader,
-        path: &str,
-        body_len: usize,
-        keep_accept_encoding: bool,
-        provider_headers: &[(&'static str, String)],
-    ) -> Result<RequestHeader, ProxyError> {
-        let mut req = RequestHeader::build(
-            client.method.clone(),
-            path.as_bytes(),
-            Some(client.headers.len() + 2),
-        )
-        .map_err(|e| ProxyError::InvalidRequest(e.to_string()))?;
-        let client_bearer = client
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string);
-        let native_auth = self.provider.auth_header("").0;
-        let configured = self.api_key.is_some();
-        // A configured key replaces whatever the client sent; otherwise the client's bearer
-        // token is re-issued in the provider's own header when that is not `authorization`.
-        let client_credential = |n: &str| matches!(n, "authorization" | "x-api-key");
-        let drop_client_auth = |n: &str| {
-            (self.client_auth && client_credential(n))
-                || (n == "authorization" && (configured || native_auth != "authorization"))
-                || (n == native_auth && configured)
-        };
-        for (name, value) in client.headers.iter() {
-            let n = name.as_str();
-            let skip = HOP_BY_HOP.contains(&n)
-                || matches!(n, "host" | "content-length" | "expect")
-                || n.starts_with(crate::openai::headers::PREFIX)
-                || (n == "accept-encoding" && !keep_accept_encoding)
-                || drop_client_auth(n);
-            if !skip {
-                let _ = req.append_header(name.clone(), value.clone());
-            }
-        }
-        let invalid = |e: Box<Error>| ProxyError::InvalidRequest(e.to_string());
-        req.insert_header("host", self.host_header())
-            .map_err(invalid)?;
-        req.insert_header("content-length", body_len.to_string())
-            .map_err(invalid)?;
-        for (name, value) in provider_headers {
-            if !client.headers.contains_key(*name) {
-                req.insert_header(*name, value.as_str()).map_err(invalid)?;
-            }
-        }
-        let key = if configured {
-            self.api_key.clone()
-        } else if !self.client_auth
-            && native_auth != "authorization"
-            && !client.headers.contains_key(native_auth)
-        {
-            client_bearer
-        } else {
-            None
-        };
-        if let Some(key) = key {
-            let (name, value) = self.provider.auth_header(&key);
-            req.insert_header(name, value).map_err(invalid)?;
-        }
-        Ok(req)
+            .unwrap_or(client_path_and_query)
     }
 
     /// Counts a failed exchange by kind (`condenser_upstream_errors_total`).
@@ -313,6 +168,106 @@ impl Upstream {
             },
         }
     }
+}
+
+impl Target<'_> {
+    /// The deployment's `host:port`, for the access log.
+    pub fn label(&self) -> String {
+        self.deployment.label()
+    }
+
+    /// Records the attempt's outcome in the deployment's circuit breaker.
+    pub fn record_attempt(&self, failed: bool) {
+        let s = &self.upstream.settings;
+        self.deployment
+            .record_attempt(&s.name, failed, s.eject_after, s.eject_for_ms);
+    }
+
+    async fn peer(&self) -> Result<HttpPeer, ProxyError> {
+        let d = &self.deployment.settings;
+        let s = &self.upstream.settings;
+        let addr = self.deployment.address(&s.name).await?;
+        let mut peer = HttpPeer::new(addr, d.tls, d.host.clone());
+        peer.options.connection_timeout = Some(Duration::from_millis(s.connect_timeout_ms));
+        peer.options.read_timeout = Some(Duration::from_millis(s.timeout_ms));
+        peer.options.write_timeout = Some(Duration::from_millis(s.timeout_ms));
+        peer.options.idle_timeout = Some(POOL_IDLE);
+        peer.options.ca = self.upstream.ca.clone();
+        Ok(peer)
+    }
+
+    /// The upstream request: the client's headers minus hop-by-hop and `x-condenser-*`, with
+    /// `Host`, `Content-Length`, the provider's required headers (unless the client sent them)
+    /// and the key in the provider's header: the configured key, else the client's bearer token.
+    /// `path` is below the API's base path; the deployment's own goes in front.
+    pub fn request_header(
+        &self,
+        client: &RequestHeader,
+        path: &str,
+        body_len: usize,
+        keep_accept_encoding: bool,
+        provider_headers: &[(&'static str, String)],
+    ) -> Result<RequestHeader, ProxyError> {
+        let path = format!("{}{path}", self.deployment.settings.base_path);
+        let mut req = RequestHeader::build(
+            client.method.clone(),
+            path.as_bytes(),
+            Some(client.headers.len() + 2),
+        )
+        .map_err(|e| ProxyError::InvalidRequest(e.to_string()))?;
+        let client_bearer = client
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let native_auth = self.upstream.provider.auth_header("").0;
+        let configured = self.deployment.api_key.is_some();
+        // A configured key replaces whatever the client sent; otherwise the client's bearer
+        // token is re-issued in the provider's own header when that is not `authorization`.
+        let client_credential = |n: &str| matches!(n, "authorization" | "x-api-key");
+        let drop_client_auth = |n: &str| {
+            (self.upstream.client_auth && client_credential(n))
+                || (n == "authorization" && (configured || native_auth != "authorization"))
+                || (n == native_auth && configured)
+        };
+        for (name, value) in client.headers.iter() {
+            let n = name.as_str();
+            let skip = HOP_BY_HOP.contains(&n)
+                || matches!(n, "host" | "content-length" | "expect")
+                || n.starts_with(crate::openai::headers::PREFIX)
+                || (n == "accept-encoding" && !keep_accept_encoding)
+                || drop_client_auth(n);
+            if !skip {
+                let _ = req.append_header(name.clone(), value.clone());
+            }
+        }
+        let invalid = |e: Box<Error>| ProxyError::InvalidRequest(e.to_string());
+        req.insert_header("host", self.deployment.host_header())
+            .map_err(invalid)?;
+        req.insert_header("content-length", body_len.to_string())
+            .map_err(invalid)?;
+        for (name, value) in provider_headers {
+            if !client.headers.contains_key(*name) {
+                req.insert_header(*name, value.as_str()).map_err(invalid)?;
+            }
+        }
+        let key = if configured {
+            self.deployment.api_key.clone()
+        } else if !self.upstream.client_auth
+            && native_auth != "authorization"
+            && !client.headers.contains_key(native_auth)
+        {
+            client_bearer
+        } else {
+            None
+        };
+        if let Some(key) = key {
+            let (name, value) = self.upstream.provider.auth_header(&key);
+            req.insert_header(name, value).map_err(invalid)?;
+        }
+        Ok(req)
+    }
 
     /// Sends the request and writes the answer to the client: relayed as it arrives (SSE events
     /// chunk by chunk, never buffered whole) or translated from the provider's dialect.
@@ -343,13 +298,13 @@ impl Upstream {
                 let delay = retry.map_or(Duration::ZERO, |r| r.backoff);
                 let error = ExchangeError::Retryable {
                     delay,
-                    reason: format!("`{}` unreachable: {reason}", self.name()),
+                    reason: format!("`{}` unreachable: {reason}", self.upstream.name()),
                 };
-                self.count_error(&error);
+                self.upstream.count_error(&error);
                 return Err(error);
             }
             Err(error) => {
-                self.count_error(&error);
+                self.upstream.count_error(&error);
                 return Err(error);
             }
         };
@@ -367,9 +322,9 @@ impl Upstream {
                 if fits(delay).is_some() {
                     let error = ExchangeError::Retryable {
                         delay,
-                        reason: format!("`{}` answered {status}", self.name()),
+                        reason: format!("`{}` answered {status}", self.upstream.name()),
                     };
-                    self.count_error(&error);
+                    self.upstream.count_error(&error);
                     return Err(error);
                 }
             }
@@ -379,14 +334,24 @@ impl Upstream {
         }
         let extra = &extra;
         let relayed = match mode {
-            ResponseMode::Relay => relay::relay(self.name(), &mut up, client, extra, capture).await,
+            ResponseMode::Relay => {
+                relay::relay(self.upstream.name(), &mut up, client, extra, capture).await
+            }
             ResponseMode::Translate(translation) => {
-                relay::translate(self.name(), &mut up, client, extra, translation, capture).await
+                relay::translate(
+                    self.upstream.name(),
+                    &mut up,
+                    client,
+                    extra,
+                    translation,
+                    capture,
+                )
+                .await
             }
         };
-        let reusable = relayed.inspect_err(|e| self.count_error(e))?;
+        let reusable = relayed.inspect_err(|e| self.upstream.count_error(e))?;
         if let Some(m) = crate::metrics::recording() {
-            m.upstream_exchange(self.name(), first_byte, started.elapsed());
+            m.upstream_exchange(self.upstream.name(), first_byte, started.elapsed());
         }
         if reusable.1 {
             connector
@@ -418,14 +383,14 @@ impl Upstream {
                 Ok(Some(chunk)) => {
                     if answer.len() + chunk.len() > relay::MAX_TRANSLATED_BODY {
                         return Err(ProxyError::UpstreamProtocol {
-                            upstream: self.name().to_string(),
+                            upstream: self.upstream.name().to_string(),
                             reason: "answer too large".into(),
                         });
                     }
                     answer.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(self.classify(&e)),
+                Err(e) => return Err(self.upstream.classify(&e)),
             }
         }
         connector
@@ -433,13 +398,14 @@ impl Upstream {
             .await;
         let answer = match provider_model {
             Some(model) if (200..300).contains(&status) => self
+                .upstream
                 .provider
                 .decode_chat(&answer, model)
                 .map_err(|reason| ProxyError::UpstreamProtocol {
-                    upstream: self.name().to_string(),
+                    upstream: self.upstream.name().to_string(),
                     reason,
                 })?,
-            Some(_) => self.provider.decode_error(status, &answer),
+            Some(_) => self.upstream.provider.decode_error(status, &answer),
             None => answer,
         };
         Ok((status, answer))
@@ -460,7 +426,7 @@ impl Upstream {
             let (mut up, reused) = connector
                 .get_http_session(peer)
                 .await
-                .map_err(|e| before(self.classify(&e)))?;
+                .map_err(|e| before(self.upstream.classify(&e)))?;
             up.set_read_timeout(peer.options.read_timeout);
             up.set_write_timeout(peer.options.write_timeout);
             let sent: pingora::Result<()> = async {
@@ -476,9 +442,9 @@ impl Upstream {
                     if reused && attempt == 0 && !matches!(e.etype(), ErrorType::ReadTimedout) =>
                 {
                     attempt += 1;
-                    tracing::debug!(upstream = self.name(), error = %e, "reused connection failed; retrying");
+                    tracing::debug!(upstream = self.upstream.name(), error = %e, "reused connection failed; retrying");
                 }
-                Err(e) => return Err(before(self.classify(&e))),
+                Err(e) => return Err(before(self.upstream.classify(&e))),
             }
         }
     }

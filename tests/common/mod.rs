@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod chaos;
 mod mock;
 pub mod shadow;
 pub use mock::*;

@@ -365,6 +365,20 @@ impl Provider for Gemini {
     fn encode_chat(&self, request: &ChatRequest) -> Result<Option<EncodedRequest>, ProxyError> {
         let body = encode_request(request)?;
         let model = model_id(&request.model);
+        // The model goes into the upstream URL: a `/`, `?`, `%` or `..` from the client would
+        // reach other endpoints of the API with condenser's key.
+        let valid = !model.is_empty()
+            && model != "."
+            && model != ".."
+            && model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(invalid(format!(
+                "`{}` is not a Gemini model id (letters, digits, `-`, `_`, `.`)",
+                request.model
+            )));
+        }
         let path = if request.stream {
             format!("/models/{model}:streamGenerateContent?alt=sse")
         } else {

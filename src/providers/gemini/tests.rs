@@ -95,6 +95,32 @@ fn streaming_requests_use_the_sse_endpoint() {
 }
 
 #[test]
+fn a_model_cannot_reach_other_paths_of_the_api() {
+    for model in [
+        "x/../../files",
+        "gemini?alt=json",
+        "..",
+        "gemini%2F..",
+        "gemini:countTokens#",
+    ] {
+        let req = request(json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}));
+        let error = Gemini
+            .encode_chat(&req)
+            .err()
+            .unwrap_or_else(|| panic!("{model} accepted"));
+        assert_eq!(error.status(), 400, "{model}");
+    }
+    let req = request(
+        json!({"model": "models/gemini-1.5-pro-002", "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    let encoded = Gemini
+        .encode_chat(&req)
+        .expect("encode")
+        .expect("translated");
+    assert_eq!(encoded.path, "/models/gemini-1.5-pro-002:generateContent");
+}
+
+#[test]
 fn responses_map_text_calls_and_usage() {
     let text = decode_response(&fixture("response.json"), "g").expect("decode");
     assert_eq!(
