@@ -121,7 +121,8 @@ def start(name, args, threads):
             # Every request authenticated and counted against a key's rate and in-flight
             # limits set high enough never to refuse (the load generators send `sk-bench`).
             config += ('\n[auth]\n[[auth.keys]]\nname = "bench"\nkey_env = "CONDENSER_BENCH_KEY"\n'
-                       'max_in_flight = 100000\nrequests_per_minute = 100000000\n')
+                       'max_in_flight = 100000\nrequests_per_minute = 100000000\n'
+                       'input_tokens_per_minute = 2000000000\n')
         if "traced" in name:
             # Every request traced (sample_rate 1) and exported to the local OTLP sink.
             config += '\n[telemetry]\notlp_endpoint = "http://127.0.0.1:18006"\nsample_rate = 1.0\n'
@@ -177,10 +178,15 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1,
                     help="worker threads of condenser and the pingora passthrough (0: one per core)")
+    ap.add_argument("--only", default="",
+                    help="semicolon-separated target names to run (besides the direct baseline)")
     args = ap.parse_args()
     threads = args.threads or os.cpu_count()
     targets = dict(TARGETS)
-    if not os.path.exists(args.litellm):
+    if args.only:
+        wanted = {"direct (mock)", *(n.strip() for n in args.only.split(";"))}
+        targets = {n: u for n, u in targets.items() if n in wanted}
+    if "LiteLLM 1.91.5" in targets and not os.path.exists(args.litellm):
         log(f"LiteLLM not found at {args.litellm}; skipping it")
         del targets["LiteLLM 1.91.5"]
     rows = []

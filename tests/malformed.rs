@@ -182,6 +182,24 @@ async fn every_kind_of_malformed_request_gets_its_4xx_and_goes_nowhere() {
         "70 KB of headers: {}",
         &text[..text.len().min(200)]
     );
+    // Header values and names that would be forwarded are checked first: control bytes (a NUL,
+    // a bare CR that could split the upstream request) and names that are not tokens.
+    let chat = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    for bad in [
+        "x-note: a\x00b",
+        "x-note: a\rb",
+        "x-note: a\x01b",
+        "x-bad name: v",
+        "x-note\x7f: v",
+    ] {
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\n{bad}\r\nContent-Length: {}\r\n\r\n{chat}",
+            chat.len()
+        );
+        let (status, text) = raw(addr, request.as_bytes(), false);
+        assert_eq!(status, 400, "{bad:?}: {text}");
+    }
     assert!(
         mock.received().is_empty(),
         "nothing malformed went upstream"
