@@ -1,14 +1,17 @@
 //! Compression result cache: moka, weighed by bytes, keyed by a 128-bit hash of
 //! (compressor, parameters, tokenizer, query when the compressor reads it, text). Concurrent
-//! misses on the same key run the compressor once (moka's `try_get_with` coalesces them).
+//! misses on the same key run the compressor once (moka's `try_get_with` coalesces them). With a
+//! shared tier (`shared`), a miss asks Redis before computing, and what is computed is published.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use moka::future::Cache;
 use xxhash_rust::xxh3::Xxh3;
 
+use super::shared::{Claim, SharedTier};
 use super::CompressError;
 
 #[derive(Clone)]
@@ -16,6 +19,9 @@ pub struct CompressionCache {
     entries: Cache<u128, Arc<str>>,
     hits: Arc<AtomicU64>,
     misses: Arc<AtomicU64>,
+    /// Misses the compressor ran for (the others came from the shared tier).
+    computed: Arc<AtomicU64>,
+    shared: Option<Arc<SharedTier>>,
 }
 
 /// Builds the cache key; every field is length-prefixed so no two inputs collide by concatenation.
@@ -40,7 +46,19 @@ impl CompressionCache {
             entries,
             hits: Arc::default(),
             misses: Arc::default(),
+            computed: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// Puts the shared tier behind the local cache.
+    pub fn with_shared(mut self, shared: Arc<SharedTier>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    pub fn shared(&self) -> Option<&SharedTier> {
+        self.shared.as_deref()
     }
 
     /// Returns the cached value, or runs `init` once for all concurrent callers of this key.
@@ -49,16 +67,36 @@ impl CompressionCache {
         F: Future<Output = Result<String, CompressError>>,
     {
         let misses = &self.misses;
-        let computed = std::sync::atomic::AtomicBool::new(false);
+        let ran = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .entries
             .try_get_with(key, async {
-                computed.store(true, Ordering::Relaxed);
+                ran.store(true, Ordering::Relaxed);
                 misses.fetch_add(1, Ordering::Relaxed);
-                init.await.map(Arc::<str>::from)
+                if let Some(shared) = &self.shared {
+                    if let Some(text) = shared.get(key).await {
+                        return Ok(Arc::from(text));
+                    }
+                    match shared.claim(key).await {
+                        Claim::Found(text) => return Ok(Arc::from(text)),
+                        Claim::Wait => {
+                            if let Some(text) = shared.wait_for(key, Duration::MAX).await {
+                                return Ok(Arc::from(text));
+                            }
+                        }
+                        Claim::Compute => {}
+                    }
+                }
+                self.computed.fetch_add(1, Ordering::Relaxed);
+                let text: Arc<str> = init.await.map(Arc::from)?;
+                if let Some(shared) = self.shared.clone() {
+                    let published = text.clone();
+                    tokio::spawn(async move { shared.publish(key, &published).await });
+                }
+                Ok::<Arc<str>, CompressError>(text)
             })
             .await;
-        if !computed.load(Ordering::Relaxed) {
+        if !ran.load(Ordering::Relaxed) {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
         result.map_err(|e| match e.as_ref() {
@@ -75,8 +113,11 @@ impl CompressionCache {
         let found = self.entries.get(&key).await;
         if found.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            return found;
         }
-        found
+        let text: Arc<str> = Arc::from(self.shared.as_ref()?.get(key).await?);
+        self.entries.insert(key, text.clone()).await;
+        Some(text)
     }
 
     pub fn hits(&self) -> u64 {
@@ -85,6 +126,11 @@ impl CompressionCache {
 
     pub fn misses(&self) -> u64 {
         self.misses.load(Ordering::Relaxed)
+    }
+
+    /// Compressions this process computed.
+    pub fn computed(&self) -> u64 {
+        self.computed.load(Ordering::Relaxed)
     }
 }
 

@@ -23,6 +23,7 @@ mod rewrite;
 mod select;
 pub mod select_prompt;
 pub mod settings;
+pub mod shared;
 mod tokens;
 mod truncate;
 

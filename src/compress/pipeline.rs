@@ -76,6 +76,12 @@ impl Pipeline {
         }
     }
 
+    /// Puts a shared cache tier (Redis) behind the pipeline's cache.
+    pub fn with_shared(mut self, shared: Arc<super::shared::SharedTier>) -> Self {
+        self.cache = self.cache.with_shared(shared);
+        self
+    }
+
     /// Whether this pipeline can run `kind` (model-backed compressors load at start-up).
     pub fn has(&self, kind: CompressorKind) -> bool {
         self.compressors.contains_key(&kind)

@@ -4,6 +4,7 @@
 //! the runtime types the proxy uses.
 
 mod auth;
+mod cache;
 mod env;
 mod paths;
 mod raw;

@@ -23,6 +23,40 @@ pub struct RawConfig {
     /// `[auth]`: client keys; absent: no client authentication (loopback only, unless
     /// `server.allow_unauthenticated`).
     pub auth: Option<RawAuth>,
+    /// `[shared_cache]`: compressions shared between replicas through Redis.
+    pub shared_cache: Option<RawSharedCache>,
+}
+
+/// `[shared_cache]`: a Redis (or Valkey) tier behind the in-process compression cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSharedCache {
+    /// `redis://host:port/db`, without credentials.
+    pub url: Option<String>,
+    /// The variable holding the URL, for one with a password (`redis://:secret@host`).
+    pub url_env: Option<String>,
+    pub ttl_seconds: u64,
+    /// Longest any Redis call may take; a slower or failed call switches the tier off.
+    pub timeout_ms: u64,
+    /// How long the tier stays off after a failure.
+    pub cool_down_ms: u64,
+    /// How long a replica computing a compression makes the others wait for it.
+    pub lock_ms: u64,
+    pub prefix: String,
+}
+
+impl Default for RawSharedCache {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_env: None,
+            ttl_seconds: 86_400,
+            timeout_ms: 25,
+            cool_down_ms: 5_000,
+            lock_ms: 2_000,
+            prefix: "condenser:".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

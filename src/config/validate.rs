@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::auth::{check_exposure, validate_auth, ClientKey};
+use super::cache::validate_shared_cache;
 use super::paths::{confine, resolve_dirs};
 use super::raw::{LogFormat, RawCompression, RawConfig, RawLocalModel, RawTelemetry};
 use super::shadow::{
@@ -16,6 +17,7 @@ use super::tls::validate_tls;
 use super::upstream::{validate_upstreams, UpstreamSettings};
 use super::ConfigError;
 use crate::compress::registry::{self, CompressorSpec};
+use crate::compress::shared::SharedCacheSettings;
 use crate::compress::{CompressionMode, CompressorKind, ModelSettings, PipelineSettings, Role};
 
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct Config {
     pub telemetry: RawTelemetry,
     /// `[auth]`: the client keys accepted; `None`: no client authentication.
     pub auth: Option<Vec<ClientKey>>,
+    /// `[shared_cache]`: the Redis tier behind the compression cache.
+    pub shared_cache: Option<SharedCacheSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -292,6 +296,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         shadow,
         telemetry: validate_telemetry(&raw.telemetry)?,
         auth,
+        shared_cache: raw
+            .shared_cache
+            .as_ref()
+            .map(validate_shared_cache)
+            .transpose()?,
     })
 }
 

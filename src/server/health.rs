@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::json;
 
+use crate::compress::shared::SharedStats;
 use crate::compress::Pipeline;
 use crate::config::Config;
 
@@ -23,6 +24,8 @@ pub fn healthz_body(pipeline: &Pipeline) -> Vec<u8> {
             "fail_open": stats.fail_open.load(Ordering::Relaxed),
             "cache_hits": pipeline.cache().hits(),
             "cache_misses": pipeline.cache().misses(),
+            "computed": pipeline.cache().computed(),
+            "shared_cache": pipeline.cache().shared().map(|s| &s.stats),
             "background": {
                 "queue_depth": pipeline.background_depth(),
                 "queued": stats.background_queued.load(Ordering::Relaxed),
@@ -68,6 +71,12 @@ pub fn readyz_body(compressors: &[&str], shadow: bool) -> Vec<u8> {
 pub fn metrics_body(pipeline: &Pipeline) -> Vec<u8> {
     let stats = &pipeline.stats;
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed) as f64;
+    let shared = |pick: fn(&SharedStats) -> &std::sync::atomic::AtomicU64| {
+        pipeline
+            .cache()
+            .shared()
+            .map_or(0.0, |s| load(pick(&s.stats)))
+    };
     let extra = [
         (
             "compression_cache_hits_total",
@@ -80,6 +89,30 @@ pub fn metrics_body(pipeline: &Pipeline) -> Vec<u8> {
             "Compressions computed",
             "counter",
             pipeline.cache().misses() as f64,
+        ),
+        (
+            "compressions_computed_total",
+            "Compressions this process ran (misses not served by the shared tier)",
+            "counter",
+            pipeline.cache().computed() as f64,
+        ),
+        (
+            "shared_cache_hits_total",
+            "Local cache misses answered by the shared (Redis) tier",
+            "counter",
+            shared(|s| &s.hits),
+        ),
+        (
+            "shared_cache_errors_total",
+            "Shared-tier calls that failed or timed out (each switches the tier off a while)",
+            "counter",
+            shared(|s| &s.errors),
+        ),
+        (
+            "shared_cache_skipped_total",
+            "Shared-tier calls skipped while it was switched off",
+            "counter",
+            shared(|s| &s.skipped),
         ),
         (
             "requests_compressed_total",

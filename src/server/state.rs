@@ -83,7 +83,12 @@ impl AppState {
     /// first requests would otherwise pay for (the BPE encoding).
     pub fn new(config: Config, connector: Connector) -> Result<Self, String> {
         let compressors = registry::build_all(&config.compressors)?;
-        let pipeline = Pipeline::new(config.server.compression_cache_bytes, compressors);
+        let mut pipeline = Pipeline::new(config.server.compression_cache_bytes, compressors);
+        if let Some(settings) = &config.shared_cache {
+            let tier = crate::compress::shared::SharedTier::new(settings.clone())
+                .map_err(|e| format!("shared_cache.url: {e}"))?;
+            pipeline = pipeline.with_shared(Arc::new(tier));
+        }
         let overrides =
             Overrides::load(&config.server.overrides_file).map_err(|e| e.to_string())?;
         let orphans = overrides.orphans(&config.routes);
@@ -242,6 +247,10 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         ("compressors", differs(&old.compressors, &new.compressors)),
         ("shadow", differs(&old.shadow, &new.shadow)),
         ("telemetry", differs(&old.telemetry, &new.telemetry)),
+        (
+            "shared_cache",
+            differs(&old.shared_cache, &new.shared_cache),
+        ),
     ] {
         if changed {
             keys.push(key.to_string());

@@ -1,0 +1,88 @@
+//! `[shared_cache]`: validated into the compression pipeline's shared-tier settings. The Redis
+//! URL is either in the file without credentials (`url`) or in a variable (`url_env`), so a
+//! password never sits in the file.
+
+use super::raw::RawSharedCache;
+use super::ConfigError;
+use crate::compress::shared::SharedCacheSettings;
+
+pub(super) fn validate_shared_cache(
+    raw: &RawSharedCache,
+) -> Result<SharedCacheSettings, ConfigError> {
+    let url = match (&raw.url, &raw.url_env) {
+        (Some(url), None) => {
+            let authority = url.split("://").nth(1).unwrap_or("");
+            if authority.split('/').next().unwrap_or("").contains('@') {
+                return Err(ConfigError::invalid(
+                    "shared_cache.url",
+                    "carries credentials: put the URL in a variable named by url_env",
+                ));
+            }
+            url.clone()
+        }
+        (None, Some(var)) => std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "shared_cache.url_env",
+                    format!("the variable {var} is not set"),
+                )
+            })?,
+        _ => {
+            return Err(ConfigError::invalid(
+                "shared_cache.url",
+                "give exactly one of url or url_env",
+            ))
+        }
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(ConfigError::invalid(
+            "shared_cache.url",
+            "must be a redis:// or rediss:// URL",
+        ));
+    }
+    for (key, value) in [
+        ("ttl_seconds", raw.ttl_seconds),
+        ("timeout_ms", raw.timeout_ms),
+        ("lock_ms", raw.lock_ms),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::invalid(
+                format!("shared_cache.{key}"),
+                "must be > 0",
+            ));
+        }
+    }
+    Ok(SharedCacheSettings {
+        url,
+        ttl_seconds: raw.ttl_seconds,
+        timeout_ms: raw.timeout_ms,
+        cool_down_ms: raw.cool_down_ms,
+        lock_ms: raw.lock_ms,
+        prefix: raw.prefix.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_with_credentials_stay_out_of_the_file() {
+        let raw = |url: &str| RawSharedCache {
+            url: Some(url.into()),
+            ..RawSharedCache::default()
+        };
+        assert!(validate_shared_cache(&raw("redis://127.0.0.1:6379/0")).is_ok());
+        let secret = validate_shared_cache(&raw("redis://:hunter2@cache:6379"))
+            .expect_err("credentials")
+            .to_string();
+        assert!(
+            secret.contains("url_env") && !secret.contains("hunter2"),
+            "{secret}"
+        );
+        assert!(validate_shared_cache(&raw("http://cache:6379")).is_err());
+        assert!(validate_shared_cache(&RawSharedCache::default()).is_err());
+    }
+}
