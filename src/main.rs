@@ -60,9 +60,10 @@ enum Command {
     Report {
         #[arg(long, default_value = "proxy.toml")]
         config: PathBuf,
-        /// The store to read (default: `[shadow] store` of the config).
+        /// The store to read, a SQLite file or a postgres:// URL (default: `[shadow] store` of
+        /// the config).
         #[arg(long)]
-        store: Option<PathBuf>,
+        store: Option<String>,
         #[arg(long)]
         route: Option<String>,
         /// Only samples from the last DURATION (e.g. 24h, 7d, 30m).
@@ -355,12 +356,12 @@ fn parse_since(text: &str) -> anyhow::Result<i64> {
 
 fn report(
     path: &std::path::Path,
-    store: Option<PathBuf>,
+    store: Option<String>,
     route: Option<&str>,
     since: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    use condenser::shadow::store::{ShadowStore, SqliteStore};
+    use condenser::shadow::store::{is_server_store, open_store};
     let cfg = config::load(path).ok();
     let store = match store {
         Some(store) => store,
@@ -370,9 +371,12 @@ fn report(
             .map(|s| s.store.clone())
             .context("the config has no [shadow] section; pass --store")?,
     };
-    anyhow::ensure!(store.is_file(), "{} does not exist", store.display());
+    anyhow::ensure!(
+        is_server_store(&store) || std::path::Path::new(&store).is_file(),
+        "{store} does not exist"
+    );
     let since = since.map(parse_since).transpose()?.unwrap_or(0);
-    let samples = SqliteStore::open(&store)?.samples(route, since)?;
+    let samples = open_store(&store)?.samples(route, since)?;
     let reports = condenser::shadow::report::summarise(&samples);
     // Live changes made through the admin API, which the samples were taken under.
     let overrides = match &cfg {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use condenser::equivalence::{failed_gates, Answer, GateScores, JudgeClient, Scorer};
-use condenser::shadow::store::{SampleKind, ShadowStore, SqliteStore};
+use condenser::shadow::store::{open_store, SampleKind};
 
 use crate::downstream::AnswerRow;
 use crate::task_model::TaskModel;
@@ -52,8 +52,8 @@ pub fn pairs_from_runs(rows: &[AnswerRow], models: &[String]) -> Vec<Pair> {
 }
 
 /// Compression pairs of a live shadow store (stored with `store_content = true`).
-pub fn pairs_from_shadow(path: &std::path::Path) -> anyhow::Result<Vec<Pair>> {
-    let samples = SqliteStore::open(path)?.samples(None, 0)?;
+pub fn pairs_from_shadow(location: &str) -> anyhow::Result<Vec<Pair>> {
+    let samples = open_store(location)?.samples(None, 0)?;
     Ok(samples
         .into_iter()
         .filter(|s| s.kind == SampleKind::Compression && !s.reference.starts_with("xxh3:"))

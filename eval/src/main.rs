@@ -176,9 +176,10 @@ enum Command {
         /// Answer files written by `downstream`.
         #[arg(long, num_args = 0..)]
         pairs: Vec<PathBuf>,
-        /// A shadow store (`condenser-shadow.db`) whose compression samples are scored too.
+        /// A shadow store (`condenser-shadow.db`, or a postgres:// URL) whose compression
+        /// samples are scored too.
         #[arg(long)]
-        shadow: Option<PathBuf>,
+        shadow: Option<String>,
         /// Only these task models (substring match); all when absent.
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,

@@ -13,7 +13,8 @@ pub use crate::equivalence::Thresholds;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawShadow {
-    /// SQLite file of the shadow samples (WAL mode).
+    /// Where samples are stored: a SQLite file (WAL mode), or a `postgres://user@host/db` URL
+    /// shared by several replicas (its password from `PGPASSWORD`, never in the file).
     #[serde(default = "default_store")]
     pub store: String,
     /// Keep both answers' text; `false` keeps only their hashes.
@@ -101,7 +102,8 @@ fn default_scorers() -> usize {
 
 #[derive(Debug, Clone)]
 pub struct ShadowSettings {
-    pub store: PathBuf,
+    /// A SQLite path or a PostgreSQL URL (`shadow::store::open_store`).
+    pub store: String,
     pub store_content: bool,
     pub queue: usize,
     pub scorers: usize,
@@ -145,6 +147,19 @@ pub enum Rollout {
 }
 
 pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
+    if crate::shadow::store::is_server_store(&raw.store) {
+        let authority = raw.store.split("://").nth(1).unwrap_or("");
+        let userinfo = authority
+            .split('@')
+            .next()
+            .filter(|_| authority.contains('@'));
+        if userinfo.is_some_and(|u| u.contains(':')) {
+            return Err(ConfigError::invalid(
+                "shadow.store",
+                "carries a password: give it in PGPASSWORD instead",
+            ));
+        }
+    }
     if raw.queue == 0 {
         return Err(ConfigError::invalid("shadow.queue", "must be > 0"));
     }
@@ -177,7 +192,7 @@ pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
         }
     }
     Ok(ShadowSettings {
-        store: raw.store.clone().into(),
+        store: raw.store.clone(),
         store_content: raw.store_content,
         queue: raw.queue,
         scorers: raw.scorers,

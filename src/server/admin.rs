@@ -117,12 +117,14 @@ async fn shadow_report(shadow: &Shadow, query: Option<&str>) -> Result<Vec<u8>, 
             _ => {}
         }
     }
-    let samples = shadow
-        .samples(route.as_deref(), since)
-        .await
-        .map_err(ProxyError::Internal)?;
+    // With the store down the counters still say what the shadow runtime is doing.
+    let (routes, store_error) = match shadow.samples(route.as_deref(), since).await {
+        Ok(samples) => (json!(crate::shadow::report::summarise(&samples)), None),
+        Err(error) => (serde_json::Value::Null, Some(error)),
+    };
     let body = json!({
-        "routes": crate::shadow::report::summarise(&samples),
+        "routes": routes,
+        "store_error": store_error,
         "in_flight": shadow.in_flight(),
         "stats": &shadow.stats,
     });

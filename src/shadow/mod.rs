@@ -9,6 +9,7 @@
 //! → proxy relays its own leg and `submit`s the client's answer → the scorer task awaits the legs,
 //! stores, scores, updates rollout. `drain` waits for all of that at shutdown.
 
+mod postgres;
 pub mod report;
 pub mod rollout;
 mod scoring;
@@ -26,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Leg, Rollout, Route, ShadowSettings};
 use crate::equivalence::{Answer, Embedder, GateParts, JudgeClient, Scorer};
-use store::{Sample, ShadowStore, SqliteStore};
+use store::{open_store, Sample, ShadowStore};
 
 /// One answer of a leg and how long it took.
 #[derive(Debug, Clone)]
@@ -61,7 +62,15 @@ pub struct ShadowStats {
     pub leg_failures: AtomicU64,
     pub stored: AtomicU64,
     pub scored: AtomicU64,
+    /// Samples the store refused (it was down); each pauses sampling for `STORE_PAUSE`.
+    pub store_errors: AtomicU64,
+    /// Requests not sampled because sampling was paused after a store error.
+    pub paused: AtomicU64,
 }
+
+/// How long sampling stops after the store failed to take a sample: legs that cannot be stored
+/// would be paid for in vain.
+const STORE_PAUSE: Duration = Duration::from_secs(10);
 
 pub struct Shadow {
     settings: ShadowSettings,
@@ -73,6 +82,8 @@ pub struct Shadow {
     /// Per route: UTC day and the shadowing spend (reserved + actual) on it.
     spend: Mutex<HashMap<String, (i64, f64)>>,
     in_flight: AtomicUsize,
+    /// Sampling is paused until then (the store failed).
+    paused_until: Mutex<Option<Instant>>,
     pub stats: ShadowStats,
 }
 
@@ -115,7 +126,7 @@ impl Shadow {
         routes: &[Route],
         judge: Option<Arc<dyn JudgeClient>>,
     ) -> Result<Arc<Self>, String> {
-        let mut store = SqliteStore::open(&settings.store).map_err(|e| e.to_string())?;
+        let mut store = open_store(&settings.store).map_err(|e| e.to_string())?;
         let embedder = match &settings.embedding_model {
             Some(dir) => Some(Arc::new(Embedder::load(dir).map_err(|e| e.to_string())?)),
             None => None,
@@ -153,10 +164,11 @@ impl Shadow {
             settings,
             runtime,
             queue,
-            store: Arc::new(Mutex::new(Box::new(store))),
+            store: Arc::new(Mutex::new(store)),
             serving: RwLock::new(serving),
             spend: Mutex::new(spend),
             in_flight: AtomicUsize::new(0),
+            paused_until: Mutex::new(None),
             stats: ShadowStats::default(),
         });
         let worker = shadow.clone();
@@ -183,6 +195,16 @@ impl Shadow {
         if cfg.sample_rate <= 0.0 || fastrand::f64() >= cfg.sample_rate {
             return None;
         }
+        let paused = self
+            .paused_until
+            .lock()
+            .ok()
+            .and_then(|until| *until)
+            .is_some_and(|until| Instant::now() < until);
+        if paused {
+            self.stats.paused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         let estimate = estimate_usd();
         if let Some(cap) = cfg.max_daily_usd {
             let mut spend = self.spend.lock().ok()?;
@@ -196,6 +218,14 @@ impl Shadow {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.stats.sampled.fetch_add(1, Ordering::Relaxed);
         Some(estimate)
+    }
+
+    /// The store failed to take a sample: stop sampling for a while.
+    fn pause_sampling(&self) {
+        self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut until) = self.paused_until.lock() {
+            *until = Some(Instant::now() + STORE_PAUSE);
+        }
     }
 
     /// Runs a background leg on the shadow runtime.

@@ -178,7 +178,8 @@ impl Shadow {
                     self.stats.stored.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot store a shadow sample");
+                    tracing::error!(error = %e, "cannot store a shadow sample; sampling paused");
+                    self.pause_sampling();
                     continue;
                 }
             }

@@ -1,5 +1,5 @@
 //! Where shadow samples live: SQLite in WAL mode by default, behind `ShadowStore` so a server
-//! database can replace it at scale. One row per compared pair — live traffic
+//! database replaces it at scale (`postgres`; `open_store` chooses by the location's form). One row per compared pair — live traffic
 //! (`source = 'live'`) and offline benchmark runs (`source = 'offline:…'`) share the layout, so
 //! `condenser report` and `condenser-eval equivalence` read both. Keys and auth headers are never
 //! part of a sample.
@@ -14,6 +14,27 @@ use crate::equivalence::GateScores;
 #[derive(Debug, thiserror::Error)]
 #[error("shadow store: {0}")]
 pub struct StoreError(String);
+
+impl StoreError {
+    pub(super) fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+}
+
+/// Opens the store at `location`: a `postgres://` (or `postgresql://`) URL, else a SQLite file
+/// path (optionally written `sqlite://path`).
+pub fn open_store(location: &str) -> Result<Box<dyn ShadowStore>, StoreError> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        return Ok(Box::new(super::postgres::PostgresStore::open(location)?));
+    }
+    let path = location.strip_prefix("sqlite://").unwrap_or(location);
+    Ok(Box::new(SqliteStore::open(Path::new(path))?))
+}
+
+/// Whether `location` names a server database rather than a local file.
+pub fn is_server_store(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -31,10 +52,18 @@ pub enum SampleKind {
 }
 
 impl SampleKind {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::Compression => "compression",
             Self::Noise => "noise",
+        }
+    }
+
+    pub(super) fn parse(text: &str) -> Self {
+        if text == "noise" {
+            Self::Noise
+        } else {
+            Self::Compression
         }
     }
 }
@@ -153,10 +182,17 @@ CREATE TABLE IF NOT EXISTS route_state (
 );
 ";
 
-const COLUMNS: &str = "id, created_ms, source, route, model, compressor, served, kind, domain, \
-tokens_original, tokens_compressed, request, reference, candidate, reference_prompt_tokens, \
-reference_completion_tokens, candidate_prompt_tokens, candidate_completion_tokens, reference_ms, \
-candidate_ms, shadow_cost_usd, saved_usd, scores, passed, failed_gates";
+/// The columns of a sample, in the order both stores read them (`id` first) and write them
+/// (`INSERTED`: all but `id`). The SQL around them is each database's own dialect.
+pub(super) const COLUMNS: &str = "id, created_ms, source, route, model, compressor, served, \
+kind, domain, tokens_original, tokens_compressed, request, reference, candidate, \
+reference_prompt_tokens, reference_completion_tokens, candidate_prompt_tokens, \
+candidate_completion_tokens, reference_ms, candidate_ms, shadow_cost_usd, saved_usd, scores, \
+passed, failed_gates";
+
+pub(super) fn inserted_columns() -> &'static str {
+    COLUMNS.trim_start_matches("id, ")
+}
 
 fn read_sample(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sample> {
     let kind: String = row.get(7)?;
@@ -170,11 +206,7 @@ fn read_sample(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sample> {
         model: row.get(4)?,
         compressor: row.get(5)?,
         served: row.get(6)?,
-        kind: if kind == "noise" {
-            SampleKind::Noise
-        } else {
-            SampleKind::Compression
-        },
+        kind: SampleKind::parse(&kind),
         domain: row.get(8)?,
         tokens_original: row.get::<_, i64>(9)? as u64,
         tokens_compressed: row.get::<_, i64>(10)? as u64,
@@ -222,12 +254,11 @@ impl ShadowStore for SqliteStore {
             .as_ref()
             .and_then(|v| serde_json::to_string(v).ok());
         self.conn.execute(
-            "INSERT INTO samples (created_ms, source, route, model, compressor, served, kind, \
-             domain, tokens_original, tokens_compressed, request, reference, candidate, \
-             reference_prompt_tokens, reference_completion_tokens, candidate_prompt_tokens, \
-             candidate_completion_tokens, reference_ms, candidate_ms, shadow_cost_usd, saved_usd, \
-             scores, passed, failed_gates) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-             ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+            &format!(
+                "INSERT INTO samples ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                inserted_columns()
+            ),
             params![
                 s.created_ms,
                 s.source,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub mod chaos;
 mod mock;
+pub mod postgres;
 pub mod redis;
 pub mod shadow;
 pub use mock::*;
