@@ -212,7 +212,10 @@ async fn the_proxy_survives_a_faulty_upstream_under_load() {
     let chaos = ChaosUpstream::start(7, STALL).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("shadow.db");
-    let mut proxy = Condenser::start(&config(&chaos.base_url(), &store, 0.3));
+    let mut proxy = Condenser::start_with_env(
+        &config(&chaos.base_url(), &store, 0.3),
+        &[("MALLOC_ARENA_MAX", "2")],
+    );
     // Warm up under the same faulty load (BPE tables, pools, and the allocator's working set:
     // 8 MB bodies and stream buffers raise glibc's high-water mark once, which is not a leak),
     // then take the baseline. A leak shows as growth over it.
