@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use moka::future::Cache;
 use xxhash_rust::xxh3::Xxh3;
@@ -80,7 +79,7 @@ impl CompressionCache {
                     match shared.claim(key).await {
                         Claim::Found(text) => return Ok(Arc::from(text)),
                         Claim::Wait => {
-                            if let Some(text) = shared.wait_for(key, Duration::MAX).await {
+                            if let Some(text) = shared.wait_for(key).await {
                                 return Ok(Arc::from(text));
                             }
                         }

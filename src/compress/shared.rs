@@ -210,10 +210,10 @@ impl SharedTier {
         }
     }
 
-    /// Waits (polling) up to the lock's lifetime, and at most `budget`, for another replica's
-    /// result.
-    pub async fn wait_for(&self, key: u128, budget: Duration) -> Option<String> {
-        let deadline = Instant::now() + budget.min(Duration::from_millis(self.settings.lock_ms));
+    /// Waits (polling) up to the lock's lifetime for another replica's result; the pipeline's
+    /// compression deadline bounds the wait from outside.
+    pub async fn wait_for(&self, key: u128) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_millis(self.settings.lock_ms);
         let redis_key = self.key(key);
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -22,7 +22,9 @@ pub use raw::{
     RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer, RawTelemetry,
     RawUpstream,
 };
-pub use shadow::{Leg, RawPrice, Rollout, RouteShadow, ShadowSettings, Thresholds};
+pub use shadow::{
+    is_server_store, Leg, RawPrice, Rollout, RouteShadow, ShadowSettings, Thresholds,
+};
 pub use upstream::{DeploymentSettings, UpstreamSettings};
 pub use validate::{CompressionSettings, Config, Route, ServerSettings};
 

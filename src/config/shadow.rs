@@ -146,8 +146,14 @@ pub enum Rollout {
     },
 }
 
+/// Whether a `[shadow] store` location names a server database (PostgreSQL) rather than a
+/// SQLite file.
+pub fn is_server_store(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
 pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
-    if crate::shadow::store::is_server_store(&raw.store) {
+    if is_server_store(&raw.store) {
         let authority = raw.store.split("://").nth(1).unwrap_or("");
         let userinfo = authority
             .split('@')

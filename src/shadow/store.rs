@@ -9,6 +9,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::is_server_store;
 use crate::equivalence::GateScores;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,16 +25,11 @@ impl StoreError {
 /// Opens the store at `location`: a `postgres://` (or `postgresql://`) URL, else a SQLite file
 /// path (optionally written `sqlite://path`).
 pub fn open_store(location: &str) -> Result<Box<dyn ShadowStore>, StoreError> {
-    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+    if is_server_store(location) {
         return Ok(Box::new(super::postgres::PostgresStore::open(location)?));
     }
     let path = location.strip_prefix("sqlite://").unwrap_or(location);
     Ok(Box::new(SqliteStore::open(Path::new(path))?))
-}
-
-/// Whether `location` names a server database rather than a local file.
-pub fn is_server_store(location: &str) -> bool {
-    location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
 impl From<rusqlite::Error> for StoreError {
