@@ -2,8 +2,10 @@
 //! prefill pass each) and `rewrite` (prefill + greedy generation) on HotPotQA contexts, next to
 //! `extractive`. `select` runs with the adapter given as the third argument (else the base).
 //! Reports tokens per second (model tokens processed), milliseconds per 1k input tokens (o200k),
-//! and the process RSS with the model loaded.
-//! `cargo run --release --features local-model --example local_model_bench -- [N] [THREADS] [SELECT_ADAPTER]`
+//! and the process RSS with the model loaded. With a fourth argument, the API root of a running
+//! `condenser serve-model` on the same GGUF (e.g. `http://127.0.0.1:8090/v1`), `prune` also runs
+//! through the remote backend, in the same run.
+//! `cargo run --release --features local-model --example local_model_bench -- [N] [THREADS] [SELECT_ADAPTER|-] [REMOTE_URL]`
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use anyhow::Context;
 use condenser::compress::{
     CompressInput, Compressor, Extractive, Prune, Rewrite, Select, Tokenizer,
 };
-use condenser::llm::{LocalModel, LocalModelConfig, Vocabulary};
+use condenser::llm::{LocalModel, LocalModelConfig, RemoteModel, RemoteModelConfig, Vocabulary};
 use serde_json::Value;
 
 fn rss_mib() -> f64 {
@@ -72,7 +74,11 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).map_or(Ok(10), |v| v.parse())?;
     let threads: i32 = std::env::args().nth(2).map_or(Ok(2), |v| v.parse())?;
-    let adapter = std::env::args().nth(3).map(std::path::PathBuf::from);
+    let adapter = std::env::args()
+        .nth(3)
+        .filter(|a| a != "-")
+        .map(std::path::PathBuf::from);
+    let remote = std::env::args().nth(4);
     let base = "adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf";
     let rss_before = rss_mib();
     let model = Arc::new(LocalModel::load(&LocalModelConfig::cpu(
@@ -92,16 +98,35 @@ fn main() -> anyhow::Result<()> {
         timeout,
     )
     .map_err(anyhow::Error::msg)?;
-    let compressors: Vec<Arc<dyn Compressor>> = vec![
-        Arc::new(Extractive::default()),
-        Arc::new(select),
-        Arc::new(Prune::new(model.clone(), timeout)),
-        Arc::new(Rewrite::new(model, timeout, None)),
+    let mut compressors: Vec<(String, Arc<dyn Compressor>)> = vec![
+        ("extractive".into(), Arc::new(Extractive::default())),
+        ("select".into(), Arc::new(select)),
+        ("prune".into(), Arc::new(Prune::new(model.clone(), timeout))),
+        (
+            "rewrite".into(),
+            Arc::new(Rewrite::new(model, timeout, None)),
+        ),
     ];
+    if let Some(base_url) = remote {
+        let server = RemoteModel::new(RemoteModelConfig {
+            base_url,
+            model: "smollm2".into(),
+            api_key: None,
+            max_in_flight: 4,
+            context: 8192,
+        });
+        compressors.insert(
+            3,
+            (
+                "prune (remote)".into(),
+                Arc::new(Prune::new(Arc::new(server), timeout)),
+            ),
+        );
+    }
     let data = examples(n)?;
     println!("| compressor | examples | ms per 1k input tokens (p50) | input tokens/s | ratio | failed |");
     println!("|---|---|---|---|---|---|");
-    for compressor in &compressors {
+    for (label, compressor) in &compressors {
         let (mut speeds, mut tokens_in, mut tokens_out, mut secs, mut failed) =
             (Vec::new(), 0usize, 0usize, 0.0, 0);
         for (context, question) in &data {
@@ -127,7 +152,7 @@ fn main() -> anyhow::Result<()> {
         }
         println!(
             "| {} | {} | {:.1} | {:.0} | {:.3} | {failed} |",
-            compressor.name(),
+            label,
             data.len(),
             median(speeds),
             tokens_in as f64 / secs.max(1e-9),

@@ -8,7 +8,6 @@ pub mod config;
 pub mod control;
 pub mod equivalence;
 pub mod error;
-#[cfg(feature = "local-model")]
 pub mod llm;
 pub mod lora;
 pub mod metrics;

@@ -13,6 +13,10 @@ use pingora::prelude::Server;
 use pingora::server::configuration::ServerConf;
 
 use condenser::config;
+
+#[cfg(feature = "local-model")]
+#[path = "cli/serve_model.rs"]
+mod serve_model;
 use condenser::server::{AppState, Condenser};
 
 #[derive(Parser)]
@@ -73,6 +77,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a local GGUF model (and its LoRA adapter) to the remote compressor backend of
+    /// other condenser replicas: OpenAI-compatible prompt scoring and chat completions.
+    #[cfg(feature = "local-model")]
+    ServeModel(serve_model::Args),
 }
 
 fn main() {
@@ -89,6 +97,8 @@ fn main() {
             since,
             json,
         } => report(&config, store, route.as_deref(), since.as_deref(), json),
+        #[cfg(feature = "local-model")]
+        Command::ServeModel(args) => serve_model::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

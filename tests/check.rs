@@ -246,3 +246,52 @@ fn model_files_outside_the_model_dirs_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_remote_model_needs_a_server_url_and_no_local_files() {
+    let remote = |extra: &str| {
+        shipped().replace("compressor = \"extractive\"", "compressor = \"prune\"")
+            + "\n[compressors.prune]\nbackend = \"remote\"\nmodel = \"smollm2\"\n"
+            + extra
+    };
+    // Valid in every build: the proxy needs no llama.cpp for a remote model, and the model id
+    // is no file under model_dirs.
+    let out = check(&remote("base_url = \"http://gpu-host:8090/v1\"\n"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases = [
+        (remote(""), "compressors.prune.base_url"),
+        (
+            remote("base_url = \"gpu-host:8090\"\n"),
+            "compressors.prune.base_url",
+        ),
+        (
+            remote("base_url = \"http://user:secret@gpu-host:8090/v1\"\n"),
+            "compressors.prune.base_url",
+        ),
+        (
+            remote("base_url = \"http://gpu-host:8090/v1\"\nlora = \"adapters/a.gguf\"\n"),
+            "compressors.prune.lora",
+        ),
+        (
+            remote("base_url = \"http://gpu-host:8090/v1\"\n").replace("\"remote\"", "\"cloud\""),
+            "compressors.prune.backend",
+        ),
+        (
+            shipped().replace("compressor = \"extractive\"", "compressor = \"select\"")
+                + "\n[compressors.select]\nbackend = \"remote\"\nmodel = \"m\"\n\
+                   base_url = \"http://gpu-host:8090/v1\"\n",
+            "compressors.select.backend",
+        ),
+    ];
+    for (config, key) in cases {
+        let out = check(&config, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {config}");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert!(!stderr.contains("secret"), "{stderr}");
+    }
+}

@@ -18,8 +18,27 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// `condenser check` accepts the file (with the client key its `[auth]` names set).
+fn assert_valid_config(path: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_condenser"))
+        .args(["check", "--config"])
+        .arg(Path::new(ROOT).join(path))
+        .env("CONDENSER_CLIENT_KEY", "sk-client")
+        .output()
+        .expect("condenser check");
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The compose file with its `<<:` merge keys applied, as compose applies them.
 fn compose() -> Value {
-    serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML")
+    let mut compose: Value =
+        serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
+    compose.apply_merge().expect("merge keys");
+    compose
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -99,18 +118,59 @@ fn the_compose_stack_is_complete_and_mounts_only_files_that_exist() {
 }
 
 #[test]
-fn the_stack_config_validates_and_its_parts_point_at_each_other() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_condenser"))
-        .args(["check", "--config"])
-        .arg(Path::new(ROOT).join("deploy/condenser.toml"))
-        .env("CONDENSER_CLIENT_KEY", "sk-client")
-        .output()
-        .expect("condenser check");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+fn the_scale_profile_balances_two_replicas_that_share_their_state() {
+    let compose = compose();
+    let services = &compose["services"];
+    for name in [
+        "condenser-a",
+        "condenser-b",
+        "load-balancer",
+        "redis",
+        "postgres",
+        "model-server",
+    ] {
+        assert_eq!(
+            strings(&services[name]["profiles"]),
+            ["scale"],
+            "{name} is in the scale profile only"
+        );
+    }
+    for replica in ["condenser-a", "condenser-b"] {
+        let volumes = strings(&services[replica]["volumes"]);
+        assert!(
+            volumes.contains(&"./deploy/scale/condenser.toml:/etc/condenser/proxy.toml:ro".into()),
+            "{replica}: {volumes:?}"
+        );
+    }
+    let server = strings(&services["model-server"]["entrypoint"]);
+    assert_eq!(
+        server[..2],
+        ["condenser".to_string(), "serve-model".to_string()]
     );
+    assert!(server.contains(&"0.0.0.0:8090".to_string()), "{server:?}");
+    let nginx = read("deploy/scale/nginx.conf");
+    for needed in [
+        "server condenser-a:8787",
+        "server condenser-b:8787",
+        "proxy_buffering off",
+        "proxy_next_upstream error;",
+    ] {
+        assert!(nginx.contains(needed), "nginx.conf lacks {needed}");
+    }
+    assert_valid_config("deploy/scale/condenser.toml");
+    let toml = read("deploy/scale/condenser.toml");
+    for shared in [
+        "url = \"redis://redis:6379\"",
+        "store = \"postgres://condenser@postgres:5432/condenser\"",
+        "base_url = \"http://model-server:8090/v1\"",
+    ] {
+        assert!(toml.contains(shared), "{shared}");
+    }
+}
+
+#[test]
+fn the_stack_config_validates_and_its_parts_point_at_each_other() {
+    assert_valid_config("deploy/condenser.toml");
     let toml = read("deploy/condenser.toml");
     assert!(toml.contains("admin_listen = \"0.0.0.0:9787\""));
     assert!(toml.contains("otlp_endpoint = \"http://otel-collector:4318\""));

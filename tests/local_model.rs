@@ -15,14 +15,7 @@ use condenser::llm::{ChatTurn, LlmError, LocalModel, LocalModelConfig};
 use condenser::lora::{write_lora, LoraPair};
 
 fn model_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-model",
-        path.display()
-    );
-    path
+    common::smollm2()
 }
 
 fn load(workers: usize, queue: usize) -> LocalModel {

@@ -12,13 +12,6 @@ use serde_json::{json, Value};
 
 const ADMIN_KEY: &str = "sk-admin-test-0123";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
 /// A condenser with an admin listener and key, its overrides kept in `dir`.
 fn start(mock: &MockUpstream, dir: &std::path::Path, admin: u16) -> Condenser {
     let server = format!(
@@ -47,7 +40,7 @@ impl Ops {
     async fn start() -> Self {
         let mock = MockUpstream::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let admin = free_port();
+        let admin = common::free_port();
         let proxy = start(&mock, dir.path(), admin);
         Self {
             mock,

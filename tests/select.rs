@@ -80,15 +80,8 @@ async fn select_through_the_proxy_keeps_the_question_and_meets_its_ratio() {
         );
     let proxy = common::Condenser::start(&config);
     let (document, question) = common::hotpotqa(1).remove(0);
-    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
-        {"role": "system", "content": document},
-        {"role": "user", "content": question}]});
-    let resp = reqwest::Client::new()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
+    let body = common::document_chat(&document, &question);
+    let resp = common::post_chat(&proxy, &body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()

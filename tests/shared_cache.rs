@@ -31,15 +31,6 @@ async fn ask(proxy: &Condenser, document: &str) -> reqwest::Response {
         .expect("send")
 }
 
-async fn health(proxy: &Condenser) -> Value {
-    reqwest::get(proxy.url("/healthz"))
-        .await
-        .expect("healthz")
-        .json()
-        .await
-        .expect("json")
-}
-
 fn header(resp: &reqwest::Response, name: &str) -> String {
     resp.headers()
         .get(name)
@@ -59,7 +50,7 @@ async fn a_compression_computed_by_one_replica_is_served_to_another() {
     let first = ask(&a, &document).await;
     assert_eq!(first.status(), 200);
     assert_eq!(header(&first, "x-condenser-compressor"), "extractive");
-    assert_eq!(health(&a).await["compression"]["computed"], 1);
+    assert_eq!(common::healthz(&a).await["compression"]["computed"], 1);
     // A publishes off the request path: wait until Redis has it.
     let client = redis::Client::open(redis.url()).expect("url");
     let mut conn = client
@@ -80,7 +71,7 @@ async fn a_compression_computed_by_one_replica_is_served_to_another() {
     let second = ask(&b, &document).await;
     assert_eq!(second.status(), 200);
     assert_eq!(header(&second, "x-condenser-compressor"), "extractive");
-    let b_health = health(&b).await;
+    let b_health = common::healthz(&b).await;
     assert_eq!(
         b_health["compression"]["shared_cache"]["hits"], 1,
         "{b_health}"
@@ -122,7 +113,7 @@ async fn a_redis_outage_mid_load_fails_no_request() {
             "request {i}"
         );
     }
-    let health = health(&proxy).await;
+    let health = common::healthz(&proxy).await;
     let shared = &health["compression"]["shared_cache"];
     assert!(shared["published"].as_u64().unwrap_or(0) >= 1, "{health}");
     assert_eq!(
@@ -153,10 +144,76 @@ async fn concurrent_misses_on_two_replicas_are_computed_once() {
         );
     }
     let computed = |h: &Value| h["compression"]["computed"].as_u64().unwrap_or(99);
-    let (ha, hb) = (health(&a).await, health(&b).await);
+    let (ha, hb) = (common::healthz(&a).await, common::healthz(&b).await);
     assert_eq!(
         computed(&ha) + computed(&hb),
         5,
         "one replica computed each text, the other took it from Redis: {ha} {hb}"
+    );
+}
+
+const TEAM_KEY: &str = "sk-team-shared-limits";
+
+/// A replica whose one client key may send `per_minute` requests a minute, its buckets shared
+/// through `redis` (reconciled every 100 ms).
+fn limited_replica(mock: &MockUpstream, redis: &RedisServer, per_minute: u32) -> Condenser {
+    let cfg = config(&mock.base_url(), "", "enabled = false")
+        + &format!(
+            "\n[shared_cache]\nurl = \"{}\"\ntimeout_ms = 200\ncool_down_ms = 60000\n\
+             rate_limit_sync_ms = 100\n\n[auth]\n[[auth.keys]]\nname = \"team\"\n\
+             key_env = \"CONDENSER_TEST_TEAM_KEY\"\nrequests_per_minute = {per_minute}\n",
+            redis.url()
+        );
+    Condenser::start_with_env(&cfg, &[("CONDENSER_TEST_TEAM_KEY", TEAM_KEY)])
+}
+
+async fn hello(proxy: &Condenser) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(TEAM_KEY)
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send")
+        .status()
+}
+
+#[tokio::test]
+async fn a_keys_rate_limit_holds_across_replicas_and_survives_a_redis_outage() {
+    let mut redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let a = limited_replica(&mock, &redis, 6);
+    let b = limited_replica(&mock, &redis, 6);
+    // Alternate between the replicas, slower than they reconcile: alone each would admit six,
+    // together they admit six.
+    let mut admitted = 0;
+    let mut limited = 0;
+    for i in 0..10 {
+        let proxy = if i % 2 == 0 { &a } else { &b };
+        match hello(proxy).await.as_u16() {
+            200 => admitted += 1,
+            429 => limited += 1,
+            other => panic!("status {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        (admitted, limited),
+        (6, 4),
+        "one bucket of six for both replicas"
+    );
+
+    // Redis goes away: nothing fails that the local buckets admit; each replica goes on
+    // enforcing its own bucket (now empty, so still 429, never a 5xx).
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for proxy in [&a, &b, &a, &b] {
+        let status = hello(proxy).await.as_u16();
+        assert!(status == 200 || status == 429, "status {status}");
+    }
+    assert!(
+        a.logs().contains("shared rate limits unavailable"),
+        "{}",
+        a.logs()
     );
 }

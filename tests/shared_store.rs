@@ -1,81 +1,25 @@
 //! The shadow store on a real PostgreSQL shared by two replicas: samples recorded by either
 //! appear in the other's report and in `condenser report`; with the database down, client
-//! traffic is unaffected and sampling pauses (counted).
+//! traffic is unaffected and sampling pauses (counted); an auto-rollout decision one replica
+//! takes is followed by the other.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::postgres::PostgresServer;
-use common::shadow::{admin, ask, question, server_section};
+use common::shadow::{admin, ask, question, replica_config, wait_samples, wait_scored, Setup};
 use common::{Condenser, MockUpstream};
 use serde_json::Value;
-
-fn replica(mock: &MockUpstream, store: &str, admin: u16) -> String {
-    format!(
-        r#"
-{server}
-[[upstreams]]
-name = "mock"
-kind = "openai"
-base_url = "{base}"
-
-[[routes]]
-name = "main"
-models = ["*"]
-upstream = "mock"
-
-[routes.compression]
-enabled = true
-compressor = "extractive"
-min_tokens = 200
-
-[routes.shadow]
-sample_rate = 1.0
-
-[shadow]
-store = "{store}"
-"#,
-        server = server_section(admin),
-        base = mock.base_url(),
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
-/// The `main` route's report on this replica's admin API once it shows `samples` samples.
-async fn wait_samples(admin_port: u16, samples: u64) -> Value {
-    let started = Instant::now();
-    loop {
-        let report = admin(admin_port).await;
-        let main = report["routes"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["route"] == "main"))
-            .cloned();
-        if main.as_ref().and_then(|m| m["samples"].as_u64()) >= Some(samples) {
-            return report;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{samples} samples not seen: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn two_replicas_share_one_shadow_store_and_survive_its_outage() {
     let mut db = PostgresServer::start();
     let mock = MockUpstream::start().await;
-    let (admin_a, admin_b) = (free_port(), free_port());
-    let config_a = replica(&mock, &db.url(), admin_a);
+    let (admin_a, admin_b) = (common::free_port(), common::free_port());
+    let config_a = replica_config(&mock, &db.url(), admin_a);
     let a = Condenser::start(&config_a);
-    let b = Condenser::start(&replica(&mock, &db.url(), admin_b));
+    let b = Condenser::start(&replica_config(&mock, &db.url(), admin_b));
     for (proxy, n) in [(&a, 3), (&b, 2)] {
         for _ in 0..n {
             let resp = ask(proxy, &question("gpt-4o-mini", false), "sk-client").await;
@@ -128,4 +72,61 @@ async fn admin_stats(admin_port: u16) -> Value {
     let report = admin(admin_port).await;
     assert!(report["store_error"].is_string(), "{report}");
     report["stats"].clone()
+}
+
+/// Whether the proxy compressed this request (its token headers differ).
+fn compressed(resp: &reqwest::Response) -> bool {
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    header("x-condenser-tokens-after") != header("x-condenser-tokens-before")
+}
+
+#[tokio::test]
+async fn a_rollout_decision_taken_by_one_replica_is_followed_by_the_other() {
+    let db = PostgresServer::start();
+    let s = Setup::new().await;
+    let (admin_a, admin_b) = (s.admin_port(), s.admin_port());
+    let rollout = "rollout = \"auto\"\nmin_samples = 3\nmin_pass_rate = 0.9";
+    let replica = |admin: u16, sample_rate: &str| {
+        s.config(admin, rollout, sample_rate, "rollout_sync_ms = 200")
+            .replace(
+                &format!("store = \"{}\"", s.store().display()),
+                &format!("store = \"{}\"", db.url()),
+            )
+    };
+    let a = Condenser::start(&replica(admin_a, "sample_rate = 1.0"));
+    // B takes no samples: whatever it serves, it learned from the store.
+    let b = Condenser::start(&replica(admin_b, "sample_rate = 0.0"));
+    let resp = ask(&b, &question("stable", false), "k").await;
+    assert!(!compressed(&resp), "no decision yet: originals");
+    for i in 1..=3 {
+        let resp = ask(&a, &question("stable", false), "k").await;
+        assert_eq!(resp.status(), 200);
+        wait_scored(admin_a, i).await;
+    }
+    // A decided from its three passing samples ...
+    let resp = ask(&a, &question("stable", false), "k").await;
+    assert!(compressed(&resp), "A serves compressed requests");
+    // ... and B follows within a sync period or two.
+    let started = Instant::now();
+    loop {
+        let resp = ask(&b, &question("stable", false), "k").await;
+        assert_eq!(resp.status(), 200);
+        if compressed(&resp) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B never followed A's decision: {}",
+            b.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b
+        .logs()
+        .contains("following the decision another replica stored"));
 }

@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
-use condenser::compress::registry::{self, Builder, ModelParts};
+use condenser::compress::registry::{self, Builder, ModelHandle, ModelParts};
 use condenser::compress::{
     Compressor, CompressorKind, Extractive, ModelSettings, Select, Tokenizer,
 };
@@ -216,6 +216,7 @@ impl CompressorModel {
     fn new(path: PathBuf, lora: Option<PathBuf>, select_blend: f64) -> Self {
         let settings = ModelSettings {
             model: path,
+            remote: None,
             threads: 2,
             context: 8192,
             workers: 1,
@@ -298,7 +299,7 @@ fn compressor_for(
         (_, Some(Builder::Model(build))) => {
             let model = local.get()?;
             let parts = ModelParts {
-                model,
+                model: ModelHandle::Local(model),
                 settings: &local.settings,
             };
             build(&parts).map_err(anyhow::Error::msg)

@@ -10,14 +10,11 @@
 mod cache;
 mod extractive;
 mod identity;
-#[cfg(feature = "local-model")]
 mod memo;
 mod pipeline;
 mod policy;
-#[cfg(feature = "local-model")]
 mod prune;
 pub mod registry;
-#[cfg(feature = "local-model")]
 mod rewrite;
 #[cfg(feature = "local-model")]
 mod select;
@@ -32,14 +29,14 @@ pub use extractive::Extractive;
 pub use identity::Identity;
 pub use pipeline::{CompressionOutcome, Pipeline, PipelineStats};
 pub use policy::{plan, question_text, question_turn, text_slots, Piece, Plan, PlanTarget};
-#[cfg(feature = "local-model")]
 pub use prune::Prune;
 pub use registry::{build_plain, COMPRESSORS};
-#[cfg(feature = "local-model")]
 pub use rewrite::Rewrite;
 #[cfg(feature = "local-model")]
 pub use select::{Select, DEFAULT_BLEND};
-pub use settings::{CompressionMode, CompressorKind, ModelSettings, PipelineSettings, Role};
+pub use settings::{
+    CompressionMode, CompressorKind, ModelSettings, PipelineSettings, RemoteSettings, Role,
+};
 pub use tokens::Tokenizer;
 pub use truncate::Truncate;
 

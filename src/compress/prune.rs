@@ -1,6 +1,6 @@
-//! `prune`: query-aware token pruning with a local model (the Selective-Context / LLMLingua
-//! family). One prefill pass of the text, conditioned on the user's question, gives every token's
-//! self-information; words carrying the least information are dropped until the budget is met.
+//! `prune`: query-aware token pruning with a small model, in-process or on an inference server
+//! (`llm::ModelBackend`; the Selective-Context / LLMLingua family). One prefill pass of the
+//! text, conditioned on the user's question, gives every token's self-information; words carrying the least information are dropped until the budget is met.
 //! Numbers, capitalised names, code identifiers and words of the question are dropped last.
 //! Prefill speed, no generation — but on CPU still ~100–300 tokens/s, so it suits background
 //! compression or a GPU rather than an inline deadline.
@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::memo::Memo;
 use super::registry::ModelParts;
 use super::{CompressError, CompressInput, Compressor};
-use crate::llm::{LocalModel, TokenSurprisal};
+use crate::llm::{ModelBackend, TokenSurprisal};
 use crate::text::terms;
 
 /// Scorings kept; each is a few bytes per token of text.
@@ -23,14 +23,14 @@ const MEMO_ENTRIES: usize = 8;
 type Scoring = Arc<Vec<TokenSurprisal>>;
 
 pub struct Prune {
-    model: Arc<LocalModel>,
+    model: Arc<dyn ModelBackend>,
     /// Longest a request waits for the model (queueing included).
     pub timeout: Duration,
     memo: Memo<Vec<TokenSurprisal>>,
 }
 
 impl Prune {
-    pub fn new(model: Arc<LocalModel>, timeout: Duration) -> Self {
+    pub fn new(model: Arc<dyn ModelBackend>, timeout: Duration) -> Self {
         Self {
             model,
             timeout,
@@ -49,7 +49,10 @@ impl Prune {
 
 /// The registry's builder (`[compressors.prune]`).
 pub fn build(parts: &ModelParts<'_>) -> Result<Arc<dyn Compressor>, String> {
-    Ok(Arc::new(Prune::new(parts.model.clone(), parts.deadline())))
+    Ok(Arc::new(Prune::new(
+        parts.model.backend(),
+        parts.deadline(),
+    )))
 }
 
 fn failed(reason: String) -> CompressError {

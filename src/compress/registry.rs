@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::settings::{CompressorKind, ModelSettings};
 use super::{Compressor, Extractive, Identity, Truncate};
+use crate::llm::{ModelBackend, RemoteModel, RemoteModelConfig};
 
 /// One registered compressor.
 pub struct CompressorSpec {
@@ -17,6 +18,8 @@ pub struct CompressorSpec {
     /// `[compressors.NAME]` keys it reads beyond the common model settings (`model`, `lora`,
     /// `threads`, ...).
     pub extra_keys: &'static [&'static str],
+    /// Whether its model may be served remotely (`backend = "remote"`).
+    pub remote: bool,
     pub build: Builder,
 }
 
@@ -24,22 +27,39 @@ pub struct CompressorSpec {
 pub enum Builder {
     /// Needs nothing.
     Plain(fn() -> Arc<dyn Compressor>),
-    /// Runs a local model, built from its `[compressors.NAME]` section and the loaded model.
-    #[cfg(feature = "local-model")]
+    /// Runs a model (in-process or on an inference server), built from its `[compressors.NAME]`
+    /// section and the opened model.
     Model(fn(&ModelParts<'_>) -> Result<Arc<dyn Compressor>, String>),
     /// Runs a local model, and this build has no `local-model` support.
     #[cfg(not(feature = "local-model"))]
     NeedsLocalModel,
 }
 
+/// A compressor's opened model.
+#[derive(Clone)]
+pub enum ModelHandle {
+    #[cfg(feature = "local-model")]
+    Local(Arc<crate::llm::LocalModel>),
+    Remote(Arc<RemoteModel>),
+}
+
+impl ModelHandle {
+    /// The model as the backend-independent compressors use it.
+    pub fn backend(&self) -> Arc<dyn ModelBackend> {
+        match self {
+            #[cfg(feature = "local-model")]
+            Self::Local(model) => model.clone(),
+            Self::Remote(model) => model.clone(),
+        }
+    }
+}
+
 /// What a model-backed compressor is built from.
-#[cfg(feature = "local-model")]
 pub struct ModelParts<'a> {
-    pub model: Arc<crate::llm::LocalModel>,
+    pub model: ModelHandle,
     pub settings: &'a ModelSettings,
 }
 
-#[cfg(feature = "local-model")]
 impl ModelParts<'_> {
     /// Longest one call may wait for the model (`timeout_ms`).
     pub fn deadline(&self) -> std::time::Duration {
@@ -48,14 +68,14 @@ impl ModelParts<'_> {
 }
 
 #[cfg(feature = "local-model")]
-macro_rules! model_backed {
+macro_rules! local_model_only {
     ($build:path) => {
         Builder::Model($build)
     };
 }
 
 #[cfg(not(feature = "local-model"))]
-macro_rules! model_backed {
+macro_rules! local_model_only {
     ($build:path) => {
         Builder::NeedsLocalModel
     };
@@ -64,16 +84,16 @@ macro_rules! model_backed {
 /// Every compressor, in the order `condenser check` lists them.
 #[rustfmt::skip]
 pub static COMPRESSORS: &[CompressorSpec] = &[
-    CompressorSpec { name: "identity", extra_keys: &[], build: Builder::Plain(|| Arc::new(Identity)) },
-    CompressorSpec { name: "truncate", extra_keys: &[], build: Builder::Plain(|| Arc::new(Truncate)) },
-    CompressorSpec { name: "extractive", extra_keys: &[], build: Builder::Plain(|| Arc::new(Extractive::default())) },
-    CompressorSpec { name: "prune", extra_keys: &[], build: model_backed!(super::prune::build) },
-    CompressorSpec { name: "rewrite", extra_keys: &["fallback"], build: model_backed!(super::rewrite::build) },
-    CompressorSpec { name: "select", extra_keys: &["blend"], build: model_backed!(super::select::build) },
+    CompressorSpec { name: "identity", extra_keys: &[], remote: false, build: Builder::Plain(|| Arc::new(Identity)) },
+    CompressorSpec { name: "truncate", extra_keys: &[], remote: false, build: Builder::Plain(|| Arc::new(Truncate)) },
+    CompressorSpec { name: "extractive", extra_keys: &[], remote: false, build: Builder::Plain(|| Arc::new(Extractive::default())) },
+    CompressorSpec { name: "prune", extra_keys: &[], remote: true, build: Builder::Model(super::prune::build) },
+    CompressorSpec { name: "rewrite", extra_keys: &["fallback"], remote: true, build: Builder::Model(super::rewrite::build) },
+    CompressorSpec { name: "select", extra_keys: &["blend"], remote: false, build: local_model_only!(super::select::build) },
 ];
 
 impl CompressorSpec {
-    /// Whether it runs a local model (and so needs a `[compressors.NAME]` section).
+    /// Whether it runs a model (and so needs a `[compressors.NAME]` section).
     pub fn needs_model(&self) -> bool {
         !matches!(self.build, Builder::Plain(_))
     }
@@ -115,12 +135,11 @@ pub fn build_all(
             Builder::Plain(build) => {
                 built.insert(kind, build());
             }
-            #[cfg(feature = "local-model")]
             Builder::Model(build) => {
                 let Some(settings) = sections.get(spec.name) else {
                     continue;
                 };
-                let model = load_model(spec.name, settings)?;
+                let model = open_model(spec.name, settings)?;
                 let compressor = build(&ModelParts { model, settings })
                     .map_err(|e| format!("compressors.{}: {e}", spec.name))?;
                 built.insert(kind, compressor);
@@ -137,6 +156,37 @@ pub fn build_all(
         }
     }
     Ok(built)
+}
+
+/// The model of `[compressors.NAME]`: a client of its inference server, or the local model
+/// loaded.
+pub fn open_model(name: &str, settings: &ModelSettings) -> Result<ModelHandle, String> {
+    if let Some(remote) = &settings.remote {
+        let api_key = match &remote.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                format!("compressors.{name}.api_key_env: environment variable {var} is not set")
+            })?),
+            None => None,
+        };
+        tracing::info!(compressor = name, server = %remote.base_url, model = %remote.model, "remote model");
+        return Ok(ModelHandle::Remote(Arc::new(RemoteModel::new(
+            RemoteModelConfig {
+                base_url: remote.base_url.clone(),
+                model: remote.model.clone(),
+                api_key,
+                max_in_flight: settings.workers + settings.queue,
+                context: settings.context,
+            },
+        ))));
+    }
+    #[cfg(feature = "local-model")]
+    {
+        load_model(name, settings).map(ModelHandle::Local)
+    }
+    #[cfg(not(feature = "local-model"))]
+    Err(format!(
+        "compressors.{name}: this build has no local-model support"
+    ))
 }
 
 /// Loads the model of `[compressors.NAME]`, checking its LoRA adapter against it first (a

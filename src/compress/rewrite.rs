@@ -1,4 +1,4 @@
-//! `rewrite`: the local model rewrites the text shorter (the seed project's method): the model's
+//! `rewrite`: a small model (in-process or on an inference server) rewrites the text shorter (the seed project's method): the model's
 //! chat template, a fixed instruction naming the question and a word budget, greedy decoding
 //! (deterministic, so the cache and provider prompt caches stay stable), and optionally a GGUF
 //! LoRA adapter trained for the task. Guards: empty output, output over the budget or not
@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use super::registry::{build_plain, ModelParts};
 use super::{CompressError, CompressInput, Compressor};
-use crate::llm::{ChatTurn, LocalModel};
+use crate::llm::{ChatTurn, ModelBackend};
 
 pub struct Rewrite {
-    model: Arc<LocalModel>,
+    model: Arc<dyn ModelBackend>,
     pub timeout: Duration,
     fallback: Option<Arc<dyn Compressor>>,
 }
@@ -34,7 +34,7 @@ Output only the compressed text, no preamble.";
 pub fn build(parts: &ModelParts<'_>) -> Result<Arc<dyn Compressor>, String> {
     let fallback = parts.settings.fallback.and_then(build_plain);
     Ok(Arc::new(Rewrite::new(
-        parts.model.clone(),
+        parts.model.backend(),
         parts.deadline(),
         fallback,
     )))
@@ -42,7 +42,7 @@ pub fn build(parts: &ModelParts<'_>) -> Result<Arc<dyn Compressor>, String> {
 
 impl Rewrite {
     pub fn new(
-        model: Arc<LocalModel>,
+        model: Arc<dyn ModelBackend>,
         timeout: Duration,
         fallback: Option<Arc<dyn Compressor>>,
     ) -> Self {

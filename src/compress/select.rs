@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::extractive::{analyse, render, select, Extractive};
 use super::memo::Memo;
-use super::registry::ModelParts;
+use super::registry::{ModelHandle, ModelParts};
 use super::select_prompt::{windows, SelectVocab, WINDOW_TOKENS};
 use super::truncate::Truncate;
 use super::{CompressError, CompressInput, Compressor};
@@ -47,9 +47,19 @@ const MEMO_ENTRIES: usize = 8;
 /// the model's own, and windows never exceed the configured context.
 pub fn build(parts: &ModelParts<'_>) -> Result<Arc<dyn Compressor>, String> {
     let settings = parts.settings;
+    let model = match &parts.model {
+        ModelHandle::Local(model) => model.clone(),
+        ModelHandle::Remote(_) => {
+            return Err(
+                "`select` runs in-process only: it reads the model's tokenizer and \
+                 logits at sentence markers, which the completions protocol does not carry"
+                    .into(),
+            )
+        }
+    };
     let vocab = Vocabulary::load(&settings.model).map_err(|e| e.to_string())?;
     let window = WINDOW_TOKENS.min(settings.context as usize);
-    let select = Select::new(parts.model.clone(), vocab, window, parts.deadline())?
+    let select = Select::new(model, vocab, window, parts.deadline())?
         .with_blend(settings.blend.unwrap_or(DEFAULT_BLEND));
     Ok(Arc::new(select))
 }

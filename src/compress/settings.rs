@@ -84,10 +84,14 @@ pub struct PipelineSettings<'a> {
     pub mode: CompressionMode,
 }
 
-/// `[compressors.NAME]`: the local model behind a model-backed compressor.
+/// `[compressors.NAME]`: the model behind a model-backed compressor, in-process or on an
+/// inference server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSettings {
+    /// The GGUF file of a local model (empty for a remote one).
     pub model: PathBuf,
+    /// `backend = "remote"`: the inference server serving the model; `None` runs it in-process.
+    pub remote: Option<RemoteSettings>,
     pub threads: i32,
     pub context: u32,
     pub workers: usize,
@@ -99,4 +103,15 @@ pub struct ModelSettings {
     pub fallback: Option<CompressorKind>,
     /// `select`: weight of `extractive`'s ranking in the blend.
     pub blend: Option<f64>,
+}
+
+/// `backend = "remote"` in `[compressors.NAME]`: an OpenAI-compatible inference server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSettings {
+    /// The API root, e.g. `http://gpu-host:8090/v1`.
+    pub base_url: String,
+    /// The model id the server serves.
+    pub model: String,
+    /// Environment variable holding the server's key, if it wants one.
+    pub api_key_env: Option<String>,
 }

@@ -33,6 +33,10 @@ pub struct SharedCacheSettings {
     pub lock_ms: u64,
     /// Prefix of every key condenser writes.
     pub prefix: String,
+    /// Whether client keys' rate limits are shared through this Redis (`server::shared_limits`).
+    pub rate_limits: bool,
+    /// How often a replica reconciles its rate-limit buckets with Redis.
+    pub rate_limit_sync_ms: u64,
 }
 
 /// What the tier did, for `/healthz` and the metrics.

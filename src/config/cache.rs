@@ -46,6 +46,7 @@ pub(super) fn validate_shared_cache(
         ("ttl_seconds", raw.ttl_seconds),
         ("timeout_ms", raw.timeout_ms),
         ("lock_ms", raw.lock_ms),
+        ("rate_limit_sync_ms", raw.rate_limit_sync_ms),
     ] {
         if value == 0 {
             return Err(ConfigError::invalid(
@@ -61,6 +62,8 @@ pub(super) fn validate_shared_cache(
         cool_down_ms: raw.cool_down_ms,
         lock_ms: raw.lock_ms,
         prefix: raw.prefix.clone(),
+        rate_limits: raw.rate_limits,
+        rate_limit_sync_ms: raw.rate_limit_sync_ms,
     })
 }
 

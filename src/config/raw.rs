@@ -43,6 +43,10 @@ pub struct RawSharedCache {
     /// How long a replica computing a compression makes the others wait for it.
     pub lock_ms: u64,
     pub prefix: String,
+    /// Share the client keys' rate-limit buckets (`[[auth.keys]]`) through the same Redis.
+    pub rate_limits: bool,
+    /// How often each replica reconciles its rate-limit buckets with Redis, in ms.
+    pub rate_limit_sync_ms: u64,
 }
 
 impl Default for RawSharedCache {
@@ -55,6 +59,8 @@ impl Default for RawSharedCache {
             cool_down_ms: 5_000,
             lock_ms: 2_000,
             prefix: "condenser:".into(),
+            rate_limits: true,
+            rate_limit_sync_ms: 200,
         }
     }
 }
@@ -112,8 +118,15 @@ pub type RawCompressors = std::collections::BTreeMap<String, RawLocalModel>;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLocalModel {
-    /// GGUF file (e.g. `adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf`).
+    /// `local` (default: llama.cpp in this process) or `remote` (an inference server).
+    pub backend: Option<String>,
+    /// Local: the GGUF file (e.g. `models/SmolLM2-135M-Instruct.Q4_1.gguf`); remote: the model
+    /// id the server serves.
     pub model: String,
+    /// Remote: the server's API root (`http://host:port/v1`).
+    pub base_url: Option<String>,
+    /// Remote: environment variable holding the server's key.
+    pub api_key_env: Option<String>,
     #[serde(default = "default_model_threads")]
     pub threads: i32,
     #[serde(default = "default_model_context")]

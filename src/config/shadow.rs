@@ -26,6 +26,10 @@ pub struct RawShadow {
     /// Samples scored at once: their legs are awaited and their judge calls made concurrently.
     #[serde(default = "default_scorers")]
     pub scorers: usize,
+    /// How often auto-rollout decisions another replica stored are read back from the store
+    /// and followed, in ms.
+    #[serde(default = "default_rollout_sync_ms")]
+    pub rollout_sync_ms: u64,
     /// Directory of all-MiniLM-L6-v2 (`scripts/fetch-embedder`); absent: no embedding gate.
     pub embedding_model: Option<String>,
     /// Model the judge gate asks, routed like a client request; absent: no judge gate.
@@ -99,6 +103,9 @@ fn default_queue() -> usize {
 fn default_scorers() -> usize {
     8
 }
+fn default_rollout_sync_ms() -> u64 {
+    5_000
+}
 
 #[derive(Debug, Clone)]
 pub struct ShadowSettings {
@@ -107,6 +114,7 @@ pub struct ShadowSettings {
     pub store_content: bool,
     pub queue: usize,
     pub scorers: usize,
+    pub rollout_sync: std::time::Duration,
     pub embedding_model: Option<PathBuf>,
     pub judge_model: Option<String>,
     pub thresholds: Thresholds,
@@ -172,6 +180,12 @@ pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
     if raw.scorers == 0 {
         return Err(ConfigError::invalid("shadow.scorers", "must be > 0"));
     }
+    if raw.rollout_sync_ms < 100 {
+        return Err(ConfigError::invalid(
+            "shadow.rollout_sync_ms",
+            "must be >= 100",
+        ));
+    }
     for (name, &value) in &raw.thresholds {
         if !crate::equivalence::gate_names().contains(&name.as_str()) {
             return Err(ConfigError::invalid(
@@ -202,6 +216,7 @@ pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
         store_content: raw.store_content,
         queue: raw.queue,
         scorers: raw.scorers,
+        rollout_sync: std::time::Duration::from_millis(raw.rollout_sync_ms),
         embedding_model: raw.embedding_model.clone().map(PathBuf::from),
         judge_model: raw.judge_model.clone(),
         thresholds: Thresholds(raw.thresholds.clone()),

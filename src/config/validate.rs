@@ -18,7 +18,9 @@ use super::upstream::{validate_upstreams, UpstreamSettings};
 use super::ConfigError;
 use crate::compress::registry::{self, CompressorSpec};
 use crate::compress::shared::SharedCacheSettings;
-use crate::compress::{CompressionMode, CompressorKind, ModelSettings, PipelineSettings, Role};
+use crate::compress::{
+    CompressionMode, CompressorKind, ModelSettings, PipelineSettings, RemoteSettings, Role,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -237,7 +239,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let model_dirs = resolve_dirs(&raw.server.model_dirs)?;
-    for (name, settings) in &compressors {
+    for (name, settings) in compressors.iter().filter(|(_, s)| s.remote.is_none()) {
         confine(
             &format!("compressors.{name}.model"),
             &settings.model,
@@ -340,10 +342,18 @@ fn validate_local_model(
     if !(raw.lora_scale.is_finite() && raw.lora_scale >= 0.0) {
         return Err(ConfigError::invalid(key("lora_scale"), "must be >= 0"));
     }
-    if !cfg!(feature = "local-model") {
+    let remote = validate_model_backend(raw, name)?;
+    if remote.is_some() && !spec.remote {
+        return Err(ConfigError::invalid(
+            key("backend"),
+            format!("`{name}` runs in-process only (backend = \"local\")"),
+        ));
+    }
+    if remote.is_none() && !cfg!(feature = "local-model") {
         return Err(ConfigError::invalid(
             format!("compressors.{name}"),
-            "this build has no local-model support (build with `--features local-model`)",
+            "this build has no local-model support (build with `--features local-model`, or \
+             serve the model remotely: backend = \"remote\")",
         ));
     }
     if raw.threads < 1 {
@@ -362,7 +372,12 @@ fn validate_local_model(
         ));
     }
     Ok(ModelSettings {
-        model: raw.model.clone().into(),
+        model: if remote.is_some() {
+            std::path::PathBuf::new()
+        } else {
+            raw.model.clone().into()
+        },
+        remote,
         threads: raw.threads,
         context: raw.context,
         workers: raw.workers,
@@ -373,6 +388,73 @@ fn validate_local_model(
         fallback: raw.fallback,
         blend: raw.blend,
     })
+}
+
+/// `backend`, and for `remote` its server: an http(s) API root, no adapter file (the server
+/// loads it), no key in the URL.
+fn validate_model_backend(
+    raw: &RawLocalModel,
+    name: &str,
+) -> Result<Option<RemoteSettings>, ConfigError> {
+    let key = |field: &str| format!("compressors.{name}.{field}");
+    match raw.backend.as_deref().unwrap_or("local") {
+        "local" => {
+            if raw.base_url.is_some() || raw.api_key_env.is_some() {
+                return Err(ConfigError::invalid(
+                    key("base_url"),
+                    "base_url and api_key_env belong to backend = \"remote\"",
+                ));
+            }
+            Ok(None)
+        }
+        "remote" => {
+            let base_url = raw.base_url.clone().ok_or_else(|| {
+                ConfigError::invalid(key("base_url"), "a remote backend needs the server's URL")
+            })?;
+            let parsed = http::Uri::try_from(base_url.as_str()).ok();
+            let scheme_ok = parsed
+                .as_ref()
+                .and_then(|u| u.scheme_str())
+                .is_some_and(|s| s == "http" || s == "https");
+            if !scheme_ok || parsed.as_ref().and_then(|u| u.host()).is_none() {
+                return Err(ConfigError::invalid(
+                    key("base_url"),
+                    "an http:// or https:// URL, e.g. http://gpu-host:8090/v1",
+                ));
+            }
+            if parsed
+                .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
+                .unwrap_or(false)
+            {
+                return Err(ConfigError::invalid(
+                    key("base_url"),
+                    "credentials do not belong in the URL: use api_key_env",
+                ));
+            }
+            if raw.lora.is_some() {
+                return Err(ConfigError::invalid(
+                    key("lora"),
+                    "a remote model's adapter is loaded by its server (llama-server --lora, \
+                     condenser serve-model --lora), or serve the merged GGUF",
+                ));
+            }
+            if raw.model.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    key("model"),
+                    "the model id the server serves",
+                ));
+            }
+            Ok(Some(RemoteSettings {
+                base_url,
+                model: raw.model.clone(),
+                api_key_env: raw.api_key_env.clone(),
+            }))
+        }
+        other => Err(ConfigError::invalid(
+            key("backend"),
+            format!("`local` or `remote`, got `{other}`"),
+        )),
+    }
 }
 
 fn validate_compression(

@@ -16,35 +16,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
-use super::LlmError;
-
-/// One message of the chat given to the model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatTurn {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatTurn {
-    pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Self {
-            role: role.to_string(),
-            content: content.into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Generation {
-    pub text: String,
-    pub prompt_tokens: usize,
-    /// Leading prompt tokens found in the KV cache from the previous request, not prefilled.
-    pub reused_prompt_tokens: usize,
-    pub completion_tokens: usize,
-    /// Whether the model ended the answer itself (false: the token budget ran out).
-    pub finished: bool,
-}
+use super::{ChatTurn, Generation, LlmError};
 
 const BATCH: usize = 512;
 

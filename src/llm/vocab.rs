@@ -6,7 +6,8 @@ use std::path::Path;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 
-use super::{backend, LlmError};
+use super::local::backend;
+use super::LlmError;
 
 pub struct Vocabulary {
     model: LlamaModel,

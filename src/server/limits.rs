@@ -12,6 +12,11 @@
 //! tokens are taken when it ends: one large request may overdraw the bucket, and the key then
 //! waits until it has refilled. A limit checked on an estimate before reading would be either
 //! wrong or a second tokenisation on the hot path.
+//!
+//! With `[shared_cache]` (and its `rate_limits`, on by default) the rate buckets are shared by
+//! every replica through Redis (`shared_limits`): admission stays a local decision on the hot
+//! path, and each replica reconciles its buckets with the shared ones in the background.
+//! Concurrency limits stay per replica.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,14 +24,17 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::shared_limits::SharedBucket;
 use crate::config::{ClientKey, Config};
 use crate::error::{ProxyError, RateUnit};
 
 /// A token bucket refilled continuously at `capacity` per minute.
-struct Bucket {
-    capacity: f64,
+pub(super) struct Bucket {
+    pub(super) capacity: f64,
     tokens: f64,
     last: Instant,
+    /// Taken since the bucket was last reconciled with its shared copy.
+    unsynced: f64,
 }
 
 impl Bucket {
@@ -35,7 +43,20 @@ impl Bucket {
             capacity: f64::from(per_minute),
             tokens: f64::from(per_minute),
             last: Instant::now(),
+            unsynced: 0.0,
         }
+    }
+
+    /// What this replica took since the last reconciliation, now handed to the shared bucket.
+    pub(super) fn take_unsynced(&mut self) -> f64 {
+        std::mem::take(&mut self.unsynced)
+    }
+
+    /// Adopts the shared bucket's level (which includes what was handed over), less what was
+    /// taken here while the shared bucket was being asked.
+    pub(super) fn reconcile(&mut self, shared_tokens: f64) {
+        self.tokens = (shared_tokens - self.unsynced).min(self.capacity);
+        self.last = Instant::now();
     }
 
     fn refill(&mut self) {
@@ -60,6 +81,7 @@ impl Bucket {
         self.refill();
         if self.tokens >= need {
             self.tokens -= cost;
+            self.unsynced += cost;
             Ok(self.state(unit))
         } else {
             Err(((need - self.tokens) / (self.capacity / 60.0))
@@ -77,6 +99,7 @@ impl Bucket {
     fn charge(&mut self, n: f64) {
         self.refill();
         self.tokens -= n;
+        self.unsynced += n;
     }
 }
 
@@ -104,7 +127,7 @@ impl RateState {
 
 struct KeyLimits {
     in_flight: Option<Arc<Semaphore>>,
-    requests: Option<Mutex<Bucket>>,
+    requests: Option<Arc<Mutex<Bucket>>>,
     input_tokens: Option<Arc<Mutex<Bucket>>>,
 }
 
@@ -146,14 +169,37 @@ impl Limits {
             .map(|key| {
                 let limits = KeyLimits {
                     in_flight: key.max_in_flight.map(|n| Arc::new(Semaphore::new(n))),
-                    requests: key.requests_per_minute.map(|n| Mutex::new(Bucket::new(n))),
+                    requests: key
+                        .requests_per_minute
+                        .map(|n| Arc::new(Mutex::new(Bucket::new(n)))),
                     input_tokens: key
                         .input_tokens_per_minute
                         .map(|n| Arc::new(Mutex::new(Bucket::new(n)))),
                 };
                 (key.name.clone(), limits)
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        if let Some(shared) = config.shared_cache.as_ref().filter(|s| s.rate_limits) {
+            let buckets = keys
+                .iter()
+                .flat_map(|(name, limits)| {
+                    [
+                        ("requests", &limits.requests),
+                        ("input_tokens", &limits.input_tokens),
+                    ]
+                    .into_iter()
+                    .filter_map(move |(unit, bucket)| {
+                        bucket.as_ref().map(|b| SharedBucket {
+                            key: format!("{}rl:{name}:{unit}", shared.prefix),
+                            bucket: Arc::downgrade(b),
+                        })
+                    })
+                })
+                .collect::<Vec<_>>();
+            if !buckets.is_empty() {
+                super::shared_limits::spawn(shared, buckets);
+            }
+        }
         Self { total, keys }
     }
 

@@ -30,6 +30,7 @@ mod request;
 mod sampling;
 mod service;
 mod shadowing;
+mod shared_limits;
 mod state;
 pub mod upstream;
 

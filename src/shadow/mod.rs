@@ -9,6 +9,7 @@
 //! → proxy relays its own leg and `submit`s the client's answer → the scorer task awaits the legs,
 //! stores, scores, updates rollout. `drain` waits for all of that at shutdown.
 
+mod follow;
 mod postgres;
 pub mod report;
 pub mod rollout;
@@ -79,6 +80,9 @@ pub struct Shadow {
     store: Arc<Mutex<Box<dyn ShadowStore>>>,
     /// Serving decision of each `rollout = "auto"` route.
     serving: RwLock<HashMap<String, Leg>>,
+    /// When each auto route's serving decision was taken (`RouteState::changed_ms`), by this
+    /// replica or another: a stored decision is followed only when it is newer.
+    decided_ms: Mutex<HashMap<String, i64>>,
     /// Per route: UTC day and the shadowing spend (reserved + actual) on it.
     spend: Mutex<HashMap<String, (i64, f64)>>,
     in_flight: AtomicUsize,
@@ -132,16 +136,17 @@ impl Shadow {
             None => None,
         };
         let mut serving = HashMap::new();
+        let mut decided_ms = HashMap::new();
         let mut spend = HashMap::new();
         let today = now_ms() / DAY_MS;
         for route in routes.iter().filter(|r| r.shadow.is_some()) {
             if matches!(route.compression.rollout, Rollout::Auto { .. }) {
                 let state = store.route_state(&route.name).map_err(|e| e.to_string())?;
-                let leg = match state.map(|s| s.serving) {
-                    Some(s) if s == "compressed" => Leg::Compressed,
-                    _ => Leg::Original,
-                };
-                serving.insert(route.name.clone(), leg);
+                decided_ms.insert(
+                    route.name.clone(),
+                    state.as_ref().map_or(0, |s| s.changed_ms),
+                );
+                serving.insert(route.name.clone(), follow::leg_of(state.as_ref()));
             }
             let spent = store
                 .spent_since(&route.name, today * DAY_MS)
@@ -166,15 +171,27 @@ impl Shadow {
             queue,
             store: Arc::new(Mutex::new(store)),
             serving: RwLock::new(serving),
+            decided_ms: Mutex::new(decided_ms),
             spend: Mutex::new(spend),
             in_flight: AtomicUsize::new(0),
             paused_until: Mutex::new(None),
             stats: ShadowStats::default(),
         });
+        let auto_routes: Vec<String> = rollouts
+            .iter()
+            .filter(|(_, r)| matches!(r, Rollout::Auto { .. }))
+            .map(|(name, _)| name.clone())
+            .collect();
         let worker = shadow.clone();
         shadow
             .runtime
             .spawn(async move { worker.run_scorer(jobs, scorer, rollouts).await });
+        if !auto_routes.is_empty() {
+            let follower = shadow.clone();
+            shadow
+                .runtime
+                .spawn(async move { follower.follow_rollouts(auto_routes).await });
+        }
         Ok(shadow)
     }
 

@@ -272,13 +272,17 @@ impl Shadow {
             net_pass_rate = decision.net_pass_rate,
             "auto-rollout changed what the route serves"
         );
+        let changed_ms = now_ms();
         if let Ok(mut serving) = self.serving.write() {
             serving.insert(route.to_string(), decision.serve);
+        }
+        if let Ok(mut decided) = self.decided_ms.lock() {
+            decided.insert(route.to_string(), changed_ms);
         }
         let state = RouteState {
             route: route.to_string(),
             serving: decision.serve.as_str().into(),
-            changed_ms: now_ms(),
+            changed_ms,
             pass_rate: decision.net_pass_rate.unwrap_or(0.0),
             samples: decision.samples as u64,
         };

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub mod chaos;
 mod mock;
+pub mod nginx;
 pub mod postgres;
 pub mod redis;
 pub mod shadow;
@@ -233,4 +234,51 @@ pub fn hotpotqa(n: usize) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The SmolLM2-135M GGUF that `scripts/fetch-model` fetches.
+pub fn smollm2() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("adapters/base/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-model",
+        path.display()
+    );
+    path
+}
+
+/// POSTs a chat completion body to the proxy.
+pub async fn post_chat(proxy: &Condenser, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .expect("send")
+}
+
+/// A chat whose system message is `document` and whose user turn asks `question`.
+pub fn document_chat(document: &str, question: &str) -> serde_json::Value {
+    serde_json::json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "system", "content": document},
+        {"role": "user", "content": question}]})
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The proxy's `/healthz` body.
+pub async fn healthz(proxy: &Condenser) -> serde_json::Value {
+    reqwest::get(proxy.url("/healthz"))
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json")
 }

@@ -174,26 +174,34 @@ pub async fn admin(admin: u16) -> Value {
         .expect("json")
 }
 
-/// Polls the admin report until `scored` samples of route `main` are scored.
-pub async fn wait_scored(admin_port: u16, scored: u64) -> Value {
+/// Polls the admin report until route `main`'s `field` reaches `n`; returns the report.
+async fn wait_main(admin_port: u16, field: &str, n: u64) -> Value {
     let started = Instant::now();
     loop {
         let report = admin(admin_port).await;
-        let route = report["routes"]
+        let value = report["routes"]
             .as_array()
             .and_then(|r| r.iter().find(|r| r["route"] == "main"))
-            .cloned();
-        if let Some(route) = route {
-            if route["scored"].as_u64() >= Some(scored) {
-                return route;
-            }
+            .and_then(|m| m[field].as_u64());
+        if value >= Some(n) {
+            return report;
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "{scored} samples not scored in time: {report}"
+            "route main: {field} never reached {n}: {report}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls the admin report until `scored` samples of route `main` are scored; returns the route.
+pub async fn wait_scored(admin_port: u16, scored: u64) -> Value {
+    let report = wait_main(admin_port, "scored", scored).await;
+    report["routes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["route"] == "main"))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The proxy over an Anthropic upstream, shadowing every request and serving `serve`.
@@ -238,4 +246,42 @@ pub fn chat_requests(mock: &MockUpstream) -> Vec<Value> {
         .map(|r| r.json())
         .filter(|b| b["model"] != "judge")
         .collect()
+}
+
+/// A replica's config: one route over the mock, compressed with `extractive`, every request
+/// shadowed (the client served the compressed leg), samples in `store`, admin on `admin`.
+pub fn replica_config(mock: &MockUpstream, store: &str, admin: u16) -> String {
+    format!(
+        r#"
+{server}
+[[upstreams]]
+name = "mock"
+kind = "openai"
+base_url = "{base}"
+
+[[routes]]
+name = "main"
+models = ["*"]
+upstream = "mock"
+
+[routes.compression]
+enabled = true
+compressor = "extractive"
+min_tokens = 200
+
+[routes.shadow]
+sample_rate = 1.0
+serve = "compressed"
+
+[shadow]
+store = "{store}"
+"#,
+        server = server_section(admin),
+        base = mock.base_url(),
+    )
+}
+
+/// The report on this replica's admin API once route `main` shows `samples` samples.
+pub async fn wait_samples(admin_port: u16, samples: u64) -> Value {
+    wait_main(admin_port, "samples", samples).await
 }
