@@ -1,8 +1,9 @@
 //! Live per-route control: the changes an operator makes through the admin API
 //! (`PATCH /admin/routes/{name}`) on top of `proxy.toml` — a route's `compression.enabled`,
 //! `compression.compressor`, `compression.target_ratio` and `shadow.sample_rate` — validated like
-//! the file, kept in `server.overrides_file` so they survive restarts, and applied whenever the
-//! routes are built (start-up, reload, patch). A `null` in a patch clears that override.
+//! the file, kept in `server.overrides_file` (or, shared by replicas, `server.overrides_store`:
+//! `server::shared_overrides`) so they survive restarts, and applied whenever the routes are
+//! built (start-up, reload, patch). A `null` in a patch clears that override.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -63,6 +64,19 @@ impl Overrides {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(io(e.to_string())),
         }
+    }
+
+    /// The overrides as one JSON document (what a shared store keeps).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Parses a document written by [`Overrides::to_json`].
+    pub fn from_json(document: &str) -> Result<Self, ControlError> {
+        serde_json::from_str(document).map_err(|e| ControlError::Io {
+            path: "server.overrides_store".into(),
+            reason: e.to_string(),
+        })
     }
 
     /// Writes `path` atomically (a temporary file renamed over it): a crash never leaves half

@@ -176,7 +176,7 @@ fn probe(url: &str) -> anyhow::Result<()> {
 
 fn routes(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let cfg = config::load(path)?;
-    let overrides = condenser::control::Overrides::load(&cfg.server.overrides_file)?;
+    let overrides = condenser::server::stored_overrides(&cfg.server).map_err(anyhow::Error::msg)?;
     let routes: Vec<serde_json::Value> = overrides
         .apply(&cfg.routes)
         .iter()
@@ -259,6 +259,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
             .with_config_path(path),
     );
     reload_on_sighup(state.clone())?;
+    condenser::server::start_shared_overrides(&state);
     let shadow = state.shadow.clone();
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -390,7 +391,9 @@ fn report(
     let reports = condenser::shadow::report::summarise(&samples);
     // Live changes made through the admin API, which the samples were taken under.
     let overrides = match &cfg {
-        Some(cfg) => condenser::control::Overrides::load(&cfg.server.overrides_file)?,
+        Some(cfg) => {
+            condenser::server::stored_overrides(&cfg.server).map_err(anyhow::Error::msg)?
+        }
         None => condenser::control::Overrides::default(),
     };
     if json {

@@ -14,10 +14,21 @@ const ADMIN_KEY: &str = "sk-admin-test-0123";
 
 /// A condenser with an admin listener and key, its overrides kept in `dir`.
 fn start(mock: &MockUpstream, dir: &std::path::Path, admin: u16) -> Condenser {
+    start_with(
+        mock,
+        admin,
+        &format!(
+            "overrides_file = \"{}\"",
+            dir.join("overrides.json").display()
+        ),
+    )
+}
+
+/// A condenser with an admin listener and key, and `overrides` in its `[server]` table.
+fn start_with(mock: &MockUpstream, admin: u16, overrides: &str) -> Condenser {
     let server = format!(
         "admin_listen = \"127.0.0.1:{admin}\"\nadmin_key_env = \"CONDENSER_TEST_ADMIN_KEY\"\n\
-         overrides_file = \"{}\"",
-        dir.join("overrides.json").display()
+         {overrides}"
     );
     let compression =
         "enabled = true\ncompressor = \"extractive\"\nmin_tokens = 100\ntarget_ratio = 0.35";
@@ -391,4 +402,59 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(access[0]["route"], "main");
     assert_eq!(access[0]["compressor"], "extractive");
     assert!(access[0]["tokens_before"].as_u64() > access[0]["tokens_after"].as_u64());
+}
+
+#[tokio::test]
+async fn a_route_changed_on_one_replica_is_followed_by_the_other() {
+    let db = common::postgres::PostgresServer::start();
+    let mock = MockUpstream::start().await;
+    let shared = format!(
+        "overrides_store = \"{}\"\noverrides_sync_ms = 200",
+        db.url()
+    );
+    let (admin_a, admin_b) = (common::free_port(), common::free_port());
+    let a = start_with(&mock, admin_a, &shared);
+    let b = start_with(&mock, admin_b, &shared);
+    let client = reqwest::Client::new();
+    assert_eq!(ask(&client, &b).await, (200, "extractive".into()));
+    let off = client
+        .patch(admin_url(admin_a, "/admin/routes/main"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"compression": {"enabled": false}}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(off.status(), 200);
+    assert_eq!(
+        ask(&client, &a).await.1,
+        "off",
+        "applied at once where it was made"
+    );
+    // The other replica follows within a sync period or two.
+    let started = std::time::Instant::now();
+    while ask(&client, &b).await.1 != "off" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "B never followed: {}",
+            b.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let routes: Value = client
+        .get(admin_url(admin_b, "/admin/routes"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("routes")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        routes["routes"][0]["source"]["compression.enabled"], "override",
+        "{routes}"
+    );
+    // A replica started later begins from the shared overrides.
+    drop(a);
+    let c = start_with(&mock, common::free_port(), &shared);
+    assert_eq!(ask(&client, &c).await.1, "off");
 }

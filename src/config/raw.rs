@@ -196,6 +196,10 @@ pub struct RawServer {
     pub admin_key_env: Option<String>,
     /// Where route changes made through the admin API are kept across restarts.
     pub overrides_file: String,
+    /// A `postgres://` database that keeps them instead, shared by replicas (each follows the
+    /// others' changes every `overrides_sync_ms`).
+    pub overrides_store: Option<String>,
+    pub overrides_sync_ms: u64,
     /// Access-log and diagnostics format: `text` or `json` (one JSON object per line).
     pub log_format: LogFormat,
     /// Record Prometheus metrics (`/metrics` on the admin listener).
@@ -243,6 +247,8 @@ impl Default for RawServer {
             admin_listen: None,
             admin_key_env: None,
             overrides_file: "condenser-overrides.json".into(),
+            overrides_store: None,
+            overrides_sync_ms: 5_000,
             log_format: LogFormat::Text,
             metrics: true,
             tls: None,

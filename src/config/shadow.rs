@@ -160,19 +160,25 @@ pub fn is_server_store(location: &str) -> bool {
     location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
+/// Refuses a database URL at `key` that carries a password (it belongs in `PGPASSWORD`).
+pub(super) fn refuse_password(key: &str, url: &str) -> Result<(), ConfigError> {
+    let authority = url.split("://").nth(1).unwrap_or("");
+    let userinfo = authority
+        .split('@')
+        .next()
+        .filter(|_| authority.contains('@'));
+    if userinfo.is_some_and(|u| u.contains(':')) {
+        return Err(ConfigError::invalid(
+            key,
+            "carries a password: give it in PGPASSWORD instead",
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate_shadow(raw: &RawShadow) -> Result<ShadowSettings, ConfigError> {
     if is_server_store(&raw.store) {
-        let authority = raw.store.split("://").nth(1).unwrap_or("");
-        let userinfo = authority
-            .split('@')
-            .next()
-            .filter(|_| authority.contains('@'));
-        if userinfo.is_some_and(|u| u.contains(':')) {
-            return Err(ConfigError::invalid(
-                "shadow.store",
-                "carries a password: give it in PGPASSWORD instead",
-            ));
-        }
+        refuse_password("shadow.store", &raw.store)?;
     }
     if raw.queue == 0 {
         return Err(ConfigError::invalid("shadow.queue", "must be > 0"));

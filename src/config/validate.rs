@@ -9,7 +9,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use super::auth::{check_exposure, validate_auth, ClientKey};
 use super::cache::validate_shared_cache;
 use super::paths::{confine, resolve_dirs};
-use super::raw::{LogFormat, RawCompression, RawConfig, RawLocalModel, RawTelemetry};
+use super::raw::{LogFormat, RawCompression, RawConfig, RawLocalModel, RawServer, RawTelemetry};
 use super::shadow::{
     validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
 };
@@ -51,6 +51,9 @@ pub struct ServerSettings {
     pub admin_listen: Option<SocketAddr>,
     pub admin_key_env: Option<String>,
     pub overrides_file: std::path::PathBuf,
+    /// `server.overrides_store`: the shared PostgreSQL database of the overrides, if any.
+    pub overrides_store: Option<String>,
+    pub overrides_sync: std::time::Duration,
     pub log_format: LogFormat,
     pub metrics: bool,
     /// `server.tls`: certificate chain and key files of the HTTPS listener.
@@ -280,6 +283,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             admin_listen,
             admin_key_env: raw.server.admin_key_env.clone(),
             overrides_file: raw.server.overrides_file.clone().into(),
+            overrides_store: validate_overrides_store(&raw.server)?,
+            overrides_sync: std::time::Duration::from_millis(raw.server.overrides_sync_ms),
             log_format: raw.server.log_format,
             metrics: raw.server.metrics,
             allow_unauthenticated: raw.server.allow_unauthenticated,
@@ -304,6 +309,26 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .map(validate_shared_cache)
             .transpose()?,
     })
+}
+
+fn validate_overrides_store(raw: &RawServer) -> Result<Option<String>, ConfigError> {
+    if raw.overrides_sync_ms < 100 {
+        return Err(ConfigError::invalid(
+            "server.overrides_sync_ms",
+            "must be >= 100",
+        ));
+    }
+    let Some(url) = &raw.overrides_store else {
+        return Ok(None);
+    };
+    if !super::is_server_store(url) {
+        return Err(ConfigError::invalid(
+            "server.overrides_store",
+            "a postgres:// URL (a single replica keeps its overrides in overrides_file)",
+        ));
+    }
+    super::shadow::refuse_password("server.overrides_store", url)?;
+    Ok(Some(url.clone()))
 }
 
 fn validate_local_model(

@@ -31,8 +31,10 @@ mod sampling;
 mod service;
 mod shadowing;
 mod shared_limits;
+mod shared_overrides;
 mod state;
 pub mod upstream;
 
 pub use service::Condenser;
+pub use shared_overrides::{start as start_shared_overrides, stored_overrides};
 pub use state::AppState;

@@ -75,6 +75,8 @@ pub struct AppState {
     config_path: Option<PathBuf>,
     /// Serialises changes (patch, reload), so one never overwrites another's.
     changes: Mutex<()>,
+    /// `server.overrides_store`: overrides shared by replicas; `None`: kept in the file.
+    pub(super) shared_overrides: Option<super::shared_overrides::SharedOverrides>,
 }
 
 impl AppState {
@@ -89,8 +91,19 @@ impl AppState {
                 .map_err(|e| format!("shared_cache.url: {e}"))?;
             pipeline = pipeline.with_shared(Arc::new(tier));
         }
-        let overrides =
-            Overrides::load(&config.server.overrides_file).map_err(|e| e.to_string())?;
+        let (shared_overrides, overrides) = match &config.server.overrides_store {
+            Some(url) => {
+                let (shared, overrides) = super::shared_overrides::SharedOverrides::open(
+                    url,
+                    config.server.overrides_sync,
+                )?;
+                (Some(shared), overrides)
+            }
+            None => (
+                None,
+                Overrides::load(&config.server.overrides_file).map_err(|e| e.to_string())?,
+            ),
+        };
         let orphans = overrides.orphans(&config.routes);
         if !orphans.is_empty() {
             tracing::warn!(
@@ -136,6 +149,7 @@ impl AppState {
             shadow_connector,
             config_path: None,
             changes: Mutex::new(()),
+            shared_overrides,
         })
     }
 
@@ -177,7 +191,10 @@ impl AppState {
         let mut overrides = live.overrides.clone();
         let available = |kind: CompressorKind| self.pipeline.has(kind);
         overrides.patch(&live.config.routes, name, patch, &available)?;
-        overrides.save(&self.server.overrides_file)?;
+        match &self.shared_overrides {
+            Some(shared) => shared.publish(&overrides),
+            None => overrides.save(&self.server.overrides_file)?,
+        }
         let next = Live::build(live.config.clone(), overrides);
         self.live.store(Arc::new(next));
         tracing::info!(route = name, %patch, "route changed through the admin API");
@@ -187,6 +204,18 @@ impl AppState {
             .and_then(Value::as_array)
             .and_then(|routes| routes.iter().find(|r| r["name"] == name).cloned())
             .unwrap_or(Value::Null))
+    }
+
+    /// Serves `overrides`, which another replica stored (`shared_overrides`).
+    pub(super) fn adopt_overrides(&self, overrides: Overrides) {
+        let _change = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.live();
+        if live.overrides == overrides {
+            return;
+        }
+        let next = Live::build(live.config.clone(), overrides);
+        self.live.store(Arc::new(next));
+        tracing::warn!("route overrides changed on another replica: now applied here");
     }
 
     /// Re-reads and validates the configuration file and swaps its routes and upstreams in. A
@@ -241,6 +270,10 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         (
             "server.overrides_file",
             a.overrides_file != b.overrides_file,
+        ),
+        (
+            "server.overrides_store",
+            a.overrides_store != b.overrides_store || a.overrides_sync != b.overrides_sync,
         ),
         ("server.log_format", a.log_format != b.log_format),
         ("server.metrics", a.metrics != b.metrics),

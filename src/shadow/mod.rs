@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Leg, Rollout, Route, ShadowSettings};
 use crate::equivalence::{Answer, Embedder, GateParts, JudgeClient, Scorer};
+pub use postgres::PostgresStore;
 use store::{open_store, Sample, ShadowStore};
 
 /// One answer of a leg and how long it took.

@@ -22,7 +22,8 @@ impl From<postgres::Error> for StoreError {
 }
 
 /// Each entry upgrades the schema by one version; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE samples (
     id BIGSERIAL PRIMARY KEY,
     created_ms BIGINT NOT NULL,
@@ -58,7 +59,15 @@ CREATE TABLE route_state (
     pass_rate DOUBLE PRECISION NOT NULL,
     samples BIGINT NOT NULL
 );
-"];
+",
+    "
+CREATE TABLE route_overrides (
+    id INT PRIMARY KEY CHECK (id = 1),
+    document TEXT NOT NULL,
+    changed_ms BIGINT NOT NULL
+);
+",
+];
 
 pub struct PostgresStore {
     config: postgres::Config,
@@ -89,6 +98,29 @@ impl PostgresStore {
             self.client = self.config.connect(NoTls)?;
         }
         Ok(&mut self.client)
+    }
+}
+
+/// The admin API's route overrides shared by replicas (`server.overrides_store`): one JSON
+/// document and when it was changed. A write older than the stored one is ignored, so the
+/// latest change wins whichever replica stores it last.
+impl PostgresStore {
+    pub fn overrides(&mut self) -> Result<Option<(String, i64)>, StoreError> {
+        let row = self.client()?.query_opt(
+            "SELECT document, changed_ms FROM route_overrides WHERE id = 1",
+            &[],
+        )?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    pub fn save_overrides(&mut self, document: &str, changed_ms: i64) -> Result<(), StoreError> {
+        self.client()?.execute(
+            "INSERT INTO route_overrides (id, document, changed_ms) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET document = EXCLUDED.document, \
+             changed_ms = EXCLUDED.changed_ms WHERE route_overrides.changed_ms < EXCLUDED.changed_ms",
+            &[&document, &changed_ms],
+        )?;
+        Ok(())
     }
 }
 
