@@ -39,8 +39,8 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `command` (which listens on `addr`) and waits until `GET /v1/models` answers.
-    fn start(mut command: Command, addr: SocketAddr, what: &str) -> Self {
+    /// Starts `command` (which listens on `addr`) and waits until `GET {ready}` answers.
+    fn start(mut command: Command, addr: SocketAddr, ready: &str, what: &str) -> Self {
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -52,10 +52,10 @@ impl Server {
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("{what} exited: {status}");
             }
-            let ready = ureq::get(format!("http://{addr}/v1/models"))
+            let answered = ureq::get(format!("http://{addr}{ready}"))
                 .call()
                 .is_ok_and(|r| r.status() == 200);
-            if ready {
+            if answered {
                 return server;
             }
             assert!(
@@ -67,15 +67,26 @@ impl Server {
     }
 
     fn serve_model() -> Self {
+        Self::serve_model_with_key(None)
+    }
+
+    /// `condenser serve-model`, asking clients for `key` when given.
+    fn serve_model_with_key(key: Option<&str>) -> Self {
         let addr = free_addr();
         let mut command = Command::new(env!("CARGO_BIN_EXE_condenser"));
+        if let Some(key) = key {
+            command
+                .args(["serve-model", "--api-key-env", "TEST_MODEL_SERVER_KEY"])
+                .env("TEST_MODEL_SERVER_KEY", key);
+        } else {
+            command.arg("serve-model");
+        }
         command
-            .arg("serve-model")
             .arg("--model")
             .arg(model_path())
             .args(["--name", "smollm2", "--context", "4096", "--workers", "1"])
             .args(["--listen", &addr.to_string()]);
-        Self::start(command, addr, "condenser serve-model")
+        Self::start(command, addr, "/health", "condenser serve-model")
     }
 
     /// llama-cpp-python's server (installed into `.venv` by `scripts/setup`).
@@ -95,14 +106,18 @@ impl Server {
                 "2",
             ])
             .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()]);
-        Self::start(command, addr, "llama-cpp-python's server")
+        Self::start(command, addr, "/v1/models", "llama-cpp-python's server")
     }
 
     fn client(&self) -> RemoteModel {
+        self.client_with_key(None)
+    }
+
+    fn client_with_key(&self, api_key: Option<&str>) -> RemoteModel {
         RemoteModel::new(RemoteModelConfig {
             base_url: format!("http://{}/v1", self.addr),
             model: "smollm2".into(),
-            api_key: None,
+            api_key: api_key.map(str::to_string),
             max_in_flight: 4,
             context: CONTEXT,
         })
@@ -128,7 +143,7 @@ fn prune_through_the_server_equals_prune_in_process() {
     let remote: Arc<dyn ModelBackend> = Arc::new(server.client());
     let local: Arc<dyn ModelBackend> = local_model();
     let timeout = Duration::from_secs(120);
-    let mut texts = common::hotpotqa(2);
+    let mut texts = common::hotpotqa(1);
     texts.push((
         "Café prices in Zürich rose 4.5% in 2023 — the steepest since 1993. Baristas' wages \
          (CHF 4,200/month) followed."
@@ -285,4 +300,31 @@ async fn a_replica_without_a_local_model_compresses_through_the_server_and_fails
     assert_eq!(resp.status(), 200);
     let sent = mock.last().json();
     assert_eq!(sent["messages"][0], other["messages"][0], "failed open");
+}
+
+#[test]
+fn a_server_with_a_key_answers_only_clients_that_send_it() {
+    let key = "sk-model-server-4f1c";
+    let server = Server::serve_model_with_key(Some(key));
+    let timeout = Duration::from_secs(60);
+    let refused = server
+        .client()
+        .surprisal("Q: ", "some text", timeout)
+        .expect_err("no key");
+    let message = refused.to_string();
+    assert!(message.contains("401"), "{message}");
+    let wrong = server
+        .client_with_key(Some("sk-wrong"))
+        .surprisal("Q: ", "some text", timeout)
+        .expect_err("wrong key")
+        .to_string();
+    assert!(
+        wrong.contains("401") && !wrong.contains("sk-wrong"),
+        "{wrong}"
+    );
+    let scored = server
+        .client_with_key(Some(key))
+        .surprisal("Q: ", "some text", timeout)
+        .expect("the key opens it");
+    assert!(!scored.is_empty());
 }

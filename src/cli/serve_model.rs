@@ -40,6 +40,10 @@ pub struct Args {
     /// Longest a request may take, queueing included.
     #[arg(long, default_value_t = 60_000)]
     timeout_ms: u64,
+    /// Environment variable holding the key clients must send (`Authorization: Bearer`);
+    /// without it the server answers anyone who can reach it.
+    #[arg(long)]
+    api_key_env: Option<String>,
     /// Layers offloaded to the GPU (`cuda` / `metal` builds).
     #[arg(long, default_value_t = 0)]
     gpu_layers: u32,
@@ -67,10 +71,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .file_name()
             .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
     });
+    let key_digest = match &args.api_key_env {
+        Some(var) => {
+            let key = std::env::var(var)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .with_context(|| format!("--api-key-env: {var} is not set"))?;
+            Some(ModelServer::digest(&key))
+        }
+        None => None,
+    };
     let server = ModelServer {
         model: Arc::new(model),
         name,
         timeout: Duration::from_millis(args.timeout_ms),
+        key_digest,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -12,8 +12,8 @@
 //!   deterministic).
 //! - `GET /v1/models`, `GET /health`.
 //!
-//! Errors are OpenAI-shaped: 400 for a request it cannot serve, 429 when the model's queue is
-//! full, 504 past the deadline, 500 for a model failure.
+//! Errors are OpenAI-shaped: 400 for a request it cannot serve, 401 without the key (when one is
+//! set), 429 when the model's queue is full, 504 past the deadline, 500 for a model failure.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +36,16 @@ pub struct ModelServer {
     pub name: String,
     /// Longest one call may take, queueing included.
     pub timeout: Duration,
+    /// SHA-256 of the key clients must send as a bearer token; `None`: no key asked.
+    pub key_digest: Option<[u8; 32]>,
+}
+
+impl ModelServer {
+    /// The digest [`ModelServer::key_digest`] holds for `key`.
+    pub fn digest(key: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(key.as_bytes()).into()
+    }
 }
 
 /// Largest request body: a long document and its question.
@@ -49,13 +59,40 @@ pub async fn serve(server: ModelServer, listen: SocketAddr) -> std::io::Result<(
 }
 
 pub fn router(server: Arc<ModelServer>) -> Router {
-    Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+    let api = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            require_key,
+        ));
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(server)
+}
+
+/// With `--api-key-env`, the API answers only requests bearing the key (digests compared, so
+/// the comparison's time says nothing about the key).
+async fn require_key(
+    State(server): State<Arc<ModelServer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(expected) = &server.key_digest {
+        let given = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(ModelServer::digest);
+        if given.as_ref() != Some(expected) {
+            return error(StatusCode::UNAUTHORIZED, "a valid API key is required");
+        }
+    }
+    next.run(request).await
 }
 
 async fn models(State(server): State<Arc<ModelServer>>) -> Json<Value> {
