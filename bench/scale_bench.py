@@ -16,29 +16,14 @@ does not set a target.
 import argparse
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import time
 
+from ports import free_port, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = os.path.join(ROOT, "bench", "body-4k.json")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def replica(workdir, mock_port, redis_port):

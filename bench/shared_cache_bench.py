@@ -12,30 +12,15 @@ request latency against the release mock upstream; prints medians and ratios.
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
+
+from ports import free_port, wait_port
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def ask(port, text):
