@@ -5,6 +5,7 @@
 
 mod auth;
 mod cache;
+mod compressors;
 mod env;
 mod paths;
 mod raw;
