@@ -11,7 +11,7 @@ use std::time::Duration;
 mod common;
 
 use condenser::compress::{CompressInput, Compressor, Extractive, Prune, Rewrite, Tokenizer};
-use condenser::llm::{ChatTurn, LlmError, LocalModel, LocalModelConfig};
+use condenser::llm::{ChatTurn, LlmError, LocalModel, LocalModelConfig, ModelBackend};
 use condenser::lora::{write_lora, LoraPair};
 
 fn model_path() -> PathBuf {

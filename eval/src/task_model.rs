@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use condenser::llm::{ChatTurn, LocalModel, LocalModelConfig};
+use condenser::llm::{ChatTurn, LocalModel, LocalModelConfig, ModelBackend};
 use condenser::openai::headers;
 use serde_json::{json, Value};
 

@@ -1,5 +1,5 @@
-//! `rewrite`: a small model (in-process or on an inference server) rewrites the text shorter (the seed project's method): the model's
-//! chat template, a fixed instruction naming the question and a word budget, greedy decoding
+//! `rewrite`: a small model (in-process or on an inference server) rewrites the text shorter
+//! (the seed project's method): the model's chat template, a fixed instruction naming the question and a word budget, greedy decoding
 //! (deterministic, so the cache and provider prompt caches stay stable), and optionally a GGUF
 //! LoRA adapter trained for the task. Guards: empty output, output over the budget or not
 //! shorter than the input, or output that drops a number the text and the question share, is

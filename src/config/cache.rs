@@ -11,8 +11,7 @@ pub(super) fn validate_shared_cache(
 ) -> Result<SharedCacheSettings, ConfigError> {
     let url = match (&raw.url, &raw.url_env) {
         (Some(url), None) => {
-            let authority = url.split("://").nth(1).unwrap_or("");
-            if authority.split('/').next().unwrap_or("").contains('@') {
+            if super::url_userinfo(url).is_some() {
                 return Err(ConfigError::invalid(
                     "shared_cache.url",
                     "carries credentials: put the URL in a variable named by url_env",

@@ -123,10 +123,7 @@ fn validate_model_backend(
                     "an http:// or https:// URL, e.g. http://gpu-host:8090/v1",
                 ));
             }
-            if parsed
-                .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
-                .unwrap_or(false)
-            {
+            if super::url_userinfo(&base_url).is_some() {
                 return Err(ConfigError::invalid(
                     key("base_url"),
                     "credentials do not belong in the URL: use api_key_env",

@@ -95,3 +95,27 @@ pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::invalid("<toml>", e.to_string()))?;
     validate::validate(from_tree(tree)?)
 }
+
+/// The `user[:password]` part of a URL's authority, if it has one: every URL-valued key checks
+/// it to keep credentials out of the file.
+fn url_userinfo(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_userinfo;
+
+    #[test]
+    fn userinfo_is_read_from_the_authority_only() {
+        assert_eq!(
+            url_userinfo("redis://:secret@cache:6379/0"),
+            Some(":secret")
+        );
+        assert_eq!(url_userinfo("postgres://app@db/condenser"), Some("app"));
+        assert_eq!(url_userinfo("http://gpu-host:8090/v1"), None);
+        assert_eq!(url_userinfo("postgres://db/condenser?user=a@b"), None);
+    }
+}

@@ -162,12 +162,7 @@ pub fn is_server_store(location: &str) -> bool {
 
 /// Refuses a database URL at `key` that carries a password (it belongs in `PGPASSWORD`).
 pub(super) fn refuse_password(key: &str, url: &str) -> Result<(), ConfigError> {
-    let authority = url.split("://").nth(1).unwrap_or("");
-    let userinfo = authority
-        .split('@')
-        .next()
-        .filter(|_| authority.contains('@'));
-    if userinfo.is_some_and(|u| u.contains(':')) {
+    if super::url_userinfo(url).is_some_and(|u| u.contains(':')) {
         return Err(ConfigError::invalid(
             key,
             "carries a password: give it in PGPASSWORD instead",

@@ -161,24 +161,6 @@ impl LocalModel {
         Ok(Self { jobs, stats })
     }
 
-    /// Self-information of every token of `text` after `prefix` ([`ModelBackend::surprisal`]).
-    /// A token with nothing before it (no prefix, no BOS) counts 0 bits.
-    pub fn surprisal(
-        &self,
-        prefix: &str,
-        text: &str,
-        timeout: Duration,
-    ) -> Result<Vec<TokenSurprisal>, LlmError> {
-        Ok(self
-            .log_probs(prefix, text, timeout)?
-            .into_iter()
-            .map(|token| TokenSurprisal {
-                bits: token.logprob.map_or(0.0, |lp| -lp / std::f32::consts::LN_2),
-                bytes: token.bytes,
-            })
-            .collect())
-    }
-
     /// ln p of every token of `text` after `prefix` (the prompt log-probabilities an
     /// OpenAI-style `echo` + `logprobs` completion returns).
     pub fn log_probs(
@@ -217,23 +199,6 @@ impl LocalModel {
         self.await_reply(&answer, timeout)
     }
 
-    /// Greedy (deterministic) completion of a chat, rendered with the model's own template.
-    pub fn generate(
-        &self,
-        turns: &[ChatTurn],
-        max_tokens: usize,
-        timeout: Duration,
-    ) -> Result<Generation, LlmError> {
-        let (reply, answer) = sync_channel(1);
-        let task = Task::Generate {
-            turns: turns.to_vec(),
-            max_tokens,
-            reply,
-        };
-        self.submit(task, timeout)?;
-        self.await_reply(&answer, timeout)
-    }
-
     fn submit(&self, task: Task, timeout: Duration) -> Result<(), LlmError> {
         let job = Job {
             task,
@@ -269,14 +234,20 @@ impl LocalModel {
     }
 }
 
+/// Token self-information and greedy chat on the worker threads.
 impl ModelBackend for LocalModel {
+    /// A token with nothing before it (no prefix, no BOS) counts 0 bits.
     fn surprisal(
         &self,
         prefix: &str,
         text: &str,
         timeout: Duration,
     ) -> Result<Vec<TokenSurprisal>, LlmError> {
-        LocalModel::surprisal(self, prefix, text, timeout)
+        Ok(self
+            .log_probs(prefix, text, timeout)?
+            .into_iter()
+            .map(|token| TokenSurprisal::new(token.bytes, token.logprob.map(f64::from)))
+            .collect())
     }
 
     fn generate(
@@ -285,7 +256,14 @@ impl ModelBackend for LocalModel {
         max_tokens: usize,
         timeout: Duration,
     ) -> Result<Generation, LlmError> {
-        LocalModel::generate(self, turns, max_tokens, timeout)
+        let (reply, answer) = sync_channel(1);
+        let task = Task::Generate {
+            turns: turns.to_vec(),
+            max_tokens,
+            reply,
+        };
+        self.submit(task, timeout)?;
+        self.await_reply(&answer, timeout)
     }
 }
 

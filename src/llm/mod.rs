@@ -59,6 +59,17 @@ pub struct TokenSurprisal {
     pub bits: f32,
 }
 
+impl TokenSurprisal {
+    /// A token of `bytes` whose probability after what precedes it is `e^logprob`; a token with
+    /// nothing before it (`None`) carries no information here: 0 bits.
+    pub fn new(bytes: Vec<u8>, logprob: Option<f64>) -> Self {
+        Self {
+            bytes,
+            bits: logprob.map_or(0.0, |lp| (-lp / std::f64::consts::LN_2) as f32),
+        }
+    }
+}
+
 /// One message of the chat given to the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatTurn {

@@ -261,17 +261,14 @@ fn text_tokens(
         if end <= prefix_bytes {
             continue;
         }
-        let bits = match value {
-            Value::Null => 0.0,
-            v => {
-                let logprob = v.as_f64().ok_or_else(|| malformed("token_logprobs"))?;
-                (-logprob / std::f64::consts::LN_2) as f32
-            }
+        let logprob = match value {
+            Value::Null => None,
+            v => Some(v.as_f64().ok_or_else(|| malformed("token_logprobs"))?),
         };
-        out.push(TokenSurprisal {
-            bytes: prompt.as_bytes()[start.max(prefix_bytes)..end].to_vec(),
-            bits,
-        });
+        out.push(TokenSurprisal::new(
+            prompt.as_bytes()[start.max(prefix_bytes)..end].to_vec(),
+            logprob,
+        ));
     }
     Ok(out)
 }

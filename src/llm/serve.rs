@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ChatTurn, LlmError, LocalModel, PromptToken};
+use super::{ChatTurn, LlmError, LocalModel, ModelBackend, PromptToken};
 
 /// What the server serves.
 pub struct ModelServer {

@@ -72,12 +72,23 @@ impl SharedOverrides {
     }
 }
 
-/// The overrides as stored, in the shared database or the file (`condenser routes`, `report`).
-pub fn stored_overrides(server: &crate::config::ServerSettings) -> Result<Overrides, String> {
+/// The overrides as stored — in the shared database (with this replica's side of it) or in
+/// the file — read at start-up and by `condenser routes` / `report`.
+pub fn load(
+    server: &crate::config::ServerSettings,
+) -> Result<(Option<SharedOverrides>, Overrides), String> {
     match &server.overrides_store {
-        Some(url) => SharedOverrides::open(url, server.overrides_sync).map(|(_, o)| o),
-        None => Overrides::load(&server.overrides_file).map_err(|e| e.to_string()),
+        Some(url) => SharedOverrides::open(url, server.overrides_sync)
+            .map(|(shared, overrides)| (Some(shared), overrides)),
+        None => Overrides::load(&server.overrides_file)
+            .map(|overrides| (None, overrides))
+            .map_err(|e| e.to_string()),
     }
+}
+
+/// The overrides as stored (`load` without this replica's side).
+pub fn stored_overrides(server: &crate::config::ServerSettings) -> Result<Overrides, String> {
+    load(server).map(|(_, overrides)| overrides)
 }
 
 /// Starts the thread that stores this replica's changes and follows the others'.
@@ -96,22 +107,21 @@ pub fn start(state: &Arc<AppState>) {
     let (outbox, inbox) = std::sync::mpsc::channel();
     *shared.outbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(outbox);
     let weak = Arc::downgrade(state);
+    let every = shared.every;
     let spawned = std::thread::Builder::new()
         .name("overrides-sync".into())
-        .spawn(move || run(store, &inbox, &weak));
+        .spawn(move || run(store, &inbox, &weak, every));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "shared overrides: cannot start; changes stay on this replica");
     }
 }
 
-fn run(mut store: PostgresStore, inbox: &Receiver<(String, i64)>, state: &Weak<AppState>) {
-    let every = match state
-        .upgrade()
-        .and_then(|s| s.shared_overrides.as_ref().map(|o| o.every))
-    {
-        Some(every) => every,
-        None => return,
-    };
+fn run(
+    mut store: PostgresStore,
+    inbox: &Receiver<(String, i64)>,
+    state: &Weak<AppState>,
+    every: Duration,
+) {
     let mut unsent: Option<(String, i64)> = None;
     loop {
         match inbox.recv_timeout(every) {

@@ -91,19 +91,7 @@ impl AppState {
                 .map_err(|e| format!("shared_cache.url: {e}"))?;
             pipeline = pipeline.with_shared(Arc::new(tier));
         }
-        let (shared_overrides, overrides) = match &config.server.overrides_store {
-            Some(url) => {
-                let (shared, overrides) = super::shared_overrides::SharedOverrides::open(
-                    url,
-                    config.server.overrides_sync,
-                )?;
-                (Some(shared), overrides)
-            }
-            None => (
-                None,
-                Overrides::load(&config.server.overrides_file).map_err(|e| e.to_string())?,
-            ),
-        };
+        let (shared_overrides, overrides) = super::shared_overrides::load(&config.server)?;
         let orphans = overrides.orphans(&config.routes);
         if !orphans.is_empty() {
             tracing::warn!(

@@ -11,11 +11,30 @@ use super::store::RouteState;
 use super::Shadow;
 use crate::config::Leg;
 
-/// The leg a stored decision serves (originals when there is none).
-pub(super) fn leg_of(state: Option<&RouteState>) -> Leg {
-    match state.map(|s| s.serving.as_str()) {
-        Some("compressed") => Leg::Compressed,
-        _ => Leg::Original,
+/// An auto route's serving decision and when it was taken (`RouteState::changed_ms`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Decided {
+    pub leg: Leg,
+    pub at_ms: i64,
+}
+
+impl Decided {
+    /// The stored decision (originals, never decided, when there is none).
+    pub fn stored(state: Option<&RouteState>) -> Self {
+        match state {
+            Some(s) => Self {
+                leg: if s.serving == "compressed" {
+                    Leg::Compressed
+                } else {
+                    Leg::Original
+                },
+                at_ms: s.changed_ms,
+            },
+            None => Self {
+                leg: Leg::Original,
+                at_ms: 0,
+            },
+        }
     }
 }
 
@@ -47,22 +66,19 @@ impl Shadow {
 
     /// Adopts `state` when it is newer than the route's known decision.
     fn follow(&self, state: &RouteState) {
-        let Ok(mut decided) = self.decided_ms.lock() else {
-            return;
-        };
-        let known = decided.get(&state.route).copied().unwrap_or(0);
-        if state.changed_ms <= known {
-            return;
-        }
-        decided.insert(state.route.clone(), state.changed_ms);
-        let leg = leg_of(Some(state));
         let Ok(mut serving) = self.serving.write() else {
             return;
         };
-        if serving.insert(state.route.clone(), leg) != Some(leg) {
+        let stored = Decided::stored(Some(state));
+        let known = serving.get(&state.route).copied();
+        if known.is_some_and(|k| stored.at_ms <= k.at_ms) {
+            return;
+        }
+        serving.insert(state.route.clone(), stored);
+        if known.map(|k| k.leg) != Some(stored.leg) {
             tracing::warn!(
                 route = %state.route,
-                serving = leg.as_str(),
+                serving = stored.leg.as_str(),
                 net_pass_rate = state.pass_rate,
                 "auto-rollout: following the decision another replica stored"
             );

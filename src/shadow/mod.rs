@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Leg, Rollout, Route, ShadowSettings};
 use crate::equivalence::{Answer, Embedder, GateParts, JudgeClient, Scorer};
+use follow::Decided;
 pub use postgres::PostgresStore;
 use store::{open_store, Sample, ShadowStore};
 
@@ -79,11 +80,9 @@ pub struct Shadow {
     runtime: tokio::runtime::Runtime,
     queue: mpsc::Sender<Pending>,
     store: Arc<Mutex<Box<dyn ShadowStore>>>,
-    /// Serving decision of each `rollout = "auto"` route.
-    serving: RwLock<HashMap<String, Leg>>,
-    /// When each auto route's serving decision was taken (`RouteState::changed_ms`), by this
-    /// replica or another: a stored decision is followed only when it is newer.
-    decided_ms: Mutex<HashMap<String, i64>>,
+    /// Serving decision of each `rollout = "auto"` route, and when it was taken (by this
+    /// replica or another: `follow`).
+    serving: RwLock<HashMap<String, Decided>>,
     /// Per route: UTC day and the shadowing spend (reserved + actual) on it.
     spend: Mutex<HashMap<String, (i64, f64)>>,
     in_flight: AtomicUsize,
@@ -137,17 +136,12 @@ impl Shadow {
             None => None,
         };
         let mut serving = HashMap::new();
-        let mut decided_ms = HashMap::new();
         let mut spend = HashMap::new();
         let today = now_ms() / DAY_MS;
         for route in routes.iter().filter(|r| r.shadow.is_some()) {
             if matches!(route.compression.rollout, Rollout::Auto { .. }) {
                 let state = store.route_state(&route.name).map_err(|e| e.to_string())?;
-                decided_ms.insert(
-                    route.name.clone(),
-                    state.as_ref().map_or(0, |s| s.changed_ms),
-                );
-                serving.insert(route.name.clone(), follow::leg_of(state.as_ref()));
+                serving.insert(route.name.clone(), Decided::stored(state.as_ref()));
             }
             let spent = store
                 .spent_since(&route.name, today * DAY_MS)
@@ -172,7 +166,6 @@ impl Shadow {
             queue,
             store: Arc::new(Mutex::new(store)),
             serving: RwLock::new(serving),
-            decided_ms: Mutex::new(decided_ms),
             spend: Mutex::new(spend),
             in_flight: AtomicUsize::new(0),
             paused_until: Mutex::new(None),
@@ -202,7 +195,7 @@ impl Shadow {
 
     /// The leg an auto-rollout route serves now; `None` for manual routes.
     pub fn serving(&self, route: &str) -> Option<Leg> {
-        self.serving.read().ok()?.get(route).copied()
+        Some(self.serving.read().ok()?.get(route)?.leg)
     }
 
     /// Whether to shadow this request: the route samples it and its daily budget has room for

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::store::{self, RouteState, Sample, SampleKind, ShadowStore};
-use super::{domain_of, now_ms, rollout, LegAnswer, Pending, Shadow};
+use super::{domain_of, now_ms, rollout, Decided, LegAnswer, Pending, Shadow};
 use crate::config::{Leg, RawPrice, Rollout};
 use crate::equivalence::{failed_gates, Answer, Scorer};
 
@@ -274,10 +274,13 @@ impl Shadow {
         );
         let changed_ms = now_ms();
         if let Ok(mut serving) = self.serving.write() {
-            serving.insert(route.to_string(), decision.serve);
-        }
-        if let Ok(mut decided) = self.decided_ms.lock() {
-            decided.insert(route.to_string(), changed_ms);
+            serving.insert(
+                route.to_string(),
+                Decided {
+                    leg: decision.serve,
+                    at_ms: changed_ms,
+                },
+            );
         }
         let state = RouteState {
             route: route.to_string(),

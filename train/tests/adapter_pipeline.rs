@@ -11,7 +11,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::D;
 
 use condenser::compress::Select;
-use condenser::llm::{LocalModel, LocalModelConfig, Vocabulary};
+use condenser::llm::{LocalModel, LocalModelConfig, ModelBackend, Vocabulary};
 use condenser_train::data::Example;
 use condenser_train::lora::{train, TrainConfig};
 use condenser_train::model::Model;
