@@ -15,7 +15,7 @@ mod pipeline;
 mod policy;
 mod prune;
 pub mod registry;
-mod rewrite;
+pub mod rewrite;
 #[cfg(feature = "local-model")]
 mod select;
 pub mod select_prompt;

@@ -30,6 +30,18 @@ text as briefly as possible while keeping every fact needed to answer the questi
 names, numbers, dates, identifiers and code stay exactly as written. Drop everything else. \
 Output only the compressed text, no preamble.";
 
+/// The chat turns the model rewrites from: the instruction with the question and a word budget
+/// (from `target_tokens`, o200k), then the text. `condenser-train` lays out its `rewrite`
+/// training examples with this function, so an adapter sees at serving time what it learned on.
+pub fn prompt(query: &str, text: &str, target_tokens: usize) -> [ChatTurn; 2] {
+    let words = (target_tokens as f64 * 0.75).max(8.0) as usize;
+    let system = format!(
+        "{INSTRUCTION}\n\nQuestion: {}\nLength: at most {words} words.",
+        query.trim()
+    );
+    [ChatTurn::new("system", system), ChatTurn::new("user", text)]
+}
+
 /// The registry's builder (`[compressors.rewrite]`, with its optional `fallback`).
 pub fn build(parts: &ModelParts<'_>) -> Result<Arc<dyn Compressor>, String> {
     let fallback = parts.settings.fallback.and_then(build_plain);
@@ -55,16 +67,8 @@ impl Rewrite {
 
     /// The model's rewrite, or why it cannot be used.
     fn generate(&self, input: &CompressInput<'_>) -> Result<String, String> {
-        let words = (input.target_tokens as f64 * 0.75).max(8.0) as usize;
-        let system = format!(
-            "{INSTRUCTION}\n\nQuestion: {}\nLength: at most {words} words.",
-            input.query.trim()
-        );
         let max_tokens = (input.target_tokens as f64 * MODEL_TOKENS_PER_TARGET).ceil() as usize;
-        let turns = [
-            ChatTurn::new("system", system),
-            ChatTurn::new("user", input.text),
-        ];
+        let turns = prompt(input.query, input.text, input.target_tokens);
         let out = self
             .model
             .generate(&turns, max_tokens.max(16), self.timeout)

@@ -143,7 +143,8 @@ fn decode_and_generate(
     })
 }
 
-fn render(model: &LlamaModel, turns: &[ChatTurn]) -> Result<String, LlmError> {
+/// The prompt of `turns` in the model's own chat template, the assistant turn opened.
+pub(super) fn render(model: &LlamaModel, turns: &[ChatTurn]) -> Result<String, LlmError> {
     let template = model
         .chat_template(None)
         .map_err(|e| LlmError::Worker(format!("the model has no chat template: {e}")))?;

@@ -6,8 +6,9 @@ use std::path::Path;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 
+use super::generate::render;
 use super::local::backend;
-use super::LlmError;
+use super::{ChatTurn, LlmError};
 
 pub struct Vocabulary {
     model: LlamaModel,
@@ -33,6 +34,31 @@ impl Vocabulary {
             .into_iter()
             .map(|t| t.0)
             .collect()
+    }
+
+    /// The prompt tokens `generate` decodes for `turns`: the model's chat template, special
+    /// tokens parsed, the assistant turn opened. A trainer appends the target reply to them.
+    pub fn chat_tokens(&self, turns: &[ChatTurn]) -> Result<Vec<i32>, LlmError> {
+        let prompt = render(&self.model, turns)?;
+        Ok(self
+            .model
+            .vocab()
+            .tokenize(prompt.as_bytes(), true, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect())
+    }
+
+    /// The token that ends a reply (end of turn where the vocabulary has one, else end of text):
+    /// `generate` stops at it, so a reply trained to end with it ends where it should.
+    pub fn end_of_reply(&self) -> i32 {
+        let vocab = self.model.vocab();
+        let eot = vocab.eot();
+        if eot.0 >= 0 {
+            eot.0
+        } else {
+            vocab.eos().0
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -42,7 +42,12 @@ pub struct ManifestEntry {
     pub steps: usize,
     pub checkpoint_step: usize,
     pub val_loss: f64,
-    pub val_recall_at_third: f64,
+    /// `select`: the exported checkpoint's validation recall@⅓.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_recall_at_third: Option<f64>,
+    /// `rewrite`: the share of validation target tokens it predicts exactly (teacher-forced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_token_accuracy: Option<f64>,
     #[serde(default)]
     pub eval: toml::Table,
 }
@@ -132,7 +137,8 @@ pub fn export(
         steps: state.step,
         checkpoint_step: step,
         val_loss: val.loss,
-        val_recall_at_third: val.recall_at_third,
+        val_recall_at_third: (cfg.objective == "select").then_some(val.recall_at_third),
+        val_token_accuracy: (cfg.objective == "rewrite").then_some(val.recall_at_third),
         eval: toml::Table::new(),
     };
     if let Some(path) = manifest {

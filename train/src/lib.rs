@@ -1,6 +1,6 @@
 //! condenser-train's library: run settings (`config`), training data from the evidence in the
-//! data (`data`), a llama GGUF in candle with LoRA on its top blocks (`model`), the `select`
-//! objective (`select`), the training loop with checkpoints (`lora`), and GGUF export and merge
+//! data (`data`), a llama GGUF in candle with LoRA on its top blocks (`model`), the objectives
+//! (`objective` over `select` and `rewrite`), the training loop with checkpoints (`lora`), and GGUF export and merge
 //! (`export`). The binary in `main.rs` is the command line over these.
 
 pub mod config;
@@ -8,6 +8,8 @@ pub mod data;
 pub mod export;
 pub mod lora;
 pub mod model;
+pub mod objective;
+pub mod rewrite;
 pub mod select;
 #[doc(hidden)]
 pub mod tiny;

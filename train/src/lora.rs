@@ -1,5 +1,5 @@
-//! `condenser-train lora`: trains LoRA factors on the top blocks of the GGUF base for the
-//! `select` objective. AdamW with linear warmup then cosine decay, gradient accumulation over
+//! `condenser-train lora`: trains LoRA factors on the top blocks of the GGUF base for an
+//! objective (`select` or `rewrite`, see `objective`). AdamW with linear warmup then cosine decay, gradient accumulation over
 //! `--batch` sequences, validation every `--val-every` steps with early stopping, a checkpoint
 //! at every validation and `--resume` from the last one.
 //!
@@ -17,13 +17,12 @@ use candle_core::{Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use condenser::compress::select_prompt::SelectVocab;
 use condenser::llm::Vocabulary;
 
 pub use crate::config::TrainConfig;
 use crate::data;
 use crate::model::Model;
-use crate::select::{loss, marker_scores, select_vocab, sequences, Sequence};
+use crate::objective::{Objective, Sequence};
 
 /// Progress saved at every validation.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -45,7 +44,9 @@ pub struct TrainState {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct ValScores {
     pub loss: f64,
-    /// Keep sentences kept when the top third of each example's sentences (by score) is kept.
+    /// The objective's quality (`Objective::hits`), higher is better: `select` — keep
+    /// sentences kept when the top third of each example's sentences (by score) is kept;
+    /// `rewrite` — target tokens predicted exactly.
     pub recall_at_third: f64,
 }
 
@@ -134,47 +135,33 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-fn forward_scores(
-    model: &Model,
-    ids: &SelectVocab,
-    c: &Cached,
-    train: Option<f32>,
-) -> anyhow::Result<Tensor> {
+/// The top blocks' output for a cached sequence.
+fn forward_top(model: &Model, c: &Cached, train: Option<f32>) -> anyhow::Result<Tensor> {
     let lower = load_lower(c)?;
     let split = model.hp.n_layer - model_layers_with_lora(model);
-    let top = model.blocks(&lower, split..model.hp.n_layer, train)?;
-    Ok(marker_scores(
-        model,
-        &top,
-        &c.seq.markers,
-        ids,
-        train.is_some(),
-    )?)
+    Ok(model.blocks(&lower, split..model.hp.n_layer, train)?)
 }
 
 fn validate(
     model: &Model,
-    ids: &SelectVocab,
+    objective: &Objective,
     val: &[Cached],
     positive_weight: f32,
 ) -> anyhow::Result<ValScores> {
     let (mut sum, mut weight) = (0f64, 0f64);
-    let (mut kept, mut positives) = (0usize, 0usize);
+    let (mut hits, mut out_of) = (0usize, 0usize);
     for c in val {
-        let scores = forward_scores(model, ids, c, None)?;
-        let (l, w) = loss(&scores, &c.seq.labels, positive_weight)?;
+        let top = forward_top(model, c, None)?;
+        let (l, w) = objective.loss(model, &top, &c.seq, positive_weight, false)?;
         sum += l.to_scalar::<f32>()? as f64;
         weight += w as f64;
-        let s: Vec<f32> = scores.to_vec1()?;
-        let mut order: Vec<usize> = (0..s.len()).collect();
-        order.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
-        let k = s.len().div_ceil(3);
-        kept += order[..k].iter().filter(|&&i| c.seq.labels[i] == 1).count();
-        positives += c.seq.labels.iter().filter(|&&l| l == 1).count();
+        let (h, n) = objective.hits(model, &top, &c.seq)?;
+        hits += h;
+        out_of += n;
     }
     Ok(ValScores {
         loss: sum / weight.max(1e-9),
-        recall_at_third: kept as f64 / positives.max(1) as f64,
+        recall_at_third: hits as f64 / out_of.max(1) as f64,
     })
 }
 
@@ -192,7 +179,7 @@ fn report(bar: &indicatif::ProgressBar, line: String) {
 /// total label weight, so the step equals one backward over the whole batch.
 fn accumulate<'a>(
     model: &Model,
-    ids: &SelectVocab,
+    objective: &Objective,
     cfg: &TrainConfig,
     batch: impl Iterator<Item = &'a Cached> + Clone,
     vars: &[(String, Var)],
@@ -200,14 +187,14 @@ fn accumulate<'a>(
     let weight: f32 = batch
         .clone()
         .flat_map(|c| c.seq.labels.iter())
-        .map(|&l| if l == 1 { cfg.positive_weight } else { 1.0 })
+        .map(|&l| objective.label_weight(l, cfg.positive_weight))
         .sum();
     let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut last: Option<GradStore> = None;
     let mut total = 0f64;
     for c in batch {
-        let scores = forward_scores(model, ids, c, Some(cfg.dropout))?;
-        let (l, _) = loss(&scores, &c.seq.labels, cfg.positive_weight)?;
+        let top = forward_top(model, c, Some(cfg.dropout))?;
+        let (l, _) = objective.loss(model, &top, &c.seq, cfg.positive_weight, true)?;
         let l = (l / weight.max(1e-6) as f64)?;
         total += l.to_scalar::<f32>()? as f64;
         let grads = l.backward()?;
@@ -265,26 +252,9 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn prepare(
-    vocab: &Vocabulary,
-    ids: &SelectVocab,
-    examples: &[data::Example],
-    max_tokens: usize,
-) -> Vec<Sequence> {
-    examples
-        .iter()
-        .flat_map(|e| sequences(vocab, ids, e, max_tokens))
-        .filter(|s| !s.markers.is_empty())
-        .collect()
-}
-
 pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<TrainState> {
-    if cfg.objective != "select" {
-        anyhow::bail!(
-            "objective `{}` is not trained by this build; use `select`",
-            cfg.objective
-        );
-    }
+    let vocab = Vocabulary::load(&cfg.base)?;
+    let objective = Objective::named(&cfg.objective, &vocab)?;
     std::fs::create_dir_all(out)?;
     let config_path = out.join(CONFIG_FILE);
     if resume && config_path.is_file() {
@@ -298,8 +268,6 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
     } else {
         write_json(&config_path, &cfg)?;
     }
-    let vocab = Vocabulary::load(&cfg.base)?;
-    let ids = select_vocab(&vocab)?;
     let mut model = Model::load(&cfg.base)?;
     let vars = model.add_lora(cfg.layers, &cfg.targets, cfg.rank, cfg.alpha, cfg.seed)?;
     let mut train_examples = data::read(&cfg.data.join("train.jsonl"))?;
@@ -311,13 +279,13 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
     let cache = out.join("cache");
     let train_set = cache_lower(
         &model,
-        prepare(&vocab, &ids, &train_examples, cfg.max_tokens),
+        objective.sequences(&vocab, &train_examples, cfg.max_tokens),
         &cache,
         "train",
     )?;
     let val_set = cache_lower(
         &model,
-        prepare(&vocab, &ids, &val_examples, cfg.max_tokens),
+        objective.sequences(&vocab, &val_examples, cfg.max_tokens),
         &cache,
         "val",
     )?;
@@ -354,10 +322,12 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
     }
     if state.history.is_empty() {
         // The untrained adapter (B = 0) is the base model: its score is the baseline.
-        let val = validate(&model, &ids, &val_set, cfg.positive_weight)?;
+        let val = validate(&model, &objective, &val_set, cfg.positive_weight)?;
         eprintln!(
-            "step 0: val loss {:.4}, val recall@1/3 {:.3}",
-            val.loss, val.recall_at_third
+            "step 0: val loss {:.4}, val {} {:.3}",
+            val.loss,
+            objective.quality_name(),
+            val.recall_at_third
         );
         state.history.push((0, None, val.loss));
     }
@@ -375,7 +345,7 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
         let step_started = Instant::now();
         let (grads, mean_loss) = accumulate(
             &model,
-            &ids,
+            &objective,
             &cfg,
             batch.iter().map(|&i| &train_set[i]),
             &vars,
@@ -409,14 +379,17 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
             );
         }
         if state.step.is_multiple_of(cfg.val_every) || state.step == state.total_steps {
-            let val = validate(&model, &ids, &val_set, cfg.positive_weight)?;
+            let val = validate(&model, &objective, &val_set, cfg.positive_weight)?;
             let train_loss = recent_loss.iter().sum::<f64>() / recent_loss.len().max(1) as f64;
             state.history.push((state.step, Some(train_loss), val.loss));
             report(
                 &bar,
                 format!(
-                    "step {}: train loss {train_loss:.4}, val loss {:.4}, val recall@1/3 {:.3}",
-                    state.step, val.loss, val.recall_at_third
+                    "step {}: train loss {train_loss:.4}, val loss {:.4}, val {} {:.3}",
+                    state.step,
+                    val.loss,
+                    objective.quality_name(),
+                    val.recall_at_third
                 ),
             );
             state.last_val = Some(val);

@@ -366,19 +366,40 @@ impl Model {
         tokens: &[i32],
         train: bool,
     ) -> candle_core::Result<Tensor> {
-        let rows: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-        let rows = Tensor::new(rows.as_slice(), &Device::Cpu)?;
-        let picked = x.index_select(&rows, 0)?;
-        let normed = if train {
-            candle_nn::ops::rms_norm_slow(&picked, &self.norm, self.hp.eps as f32)?
-        } else {
-            candle_nn::ops::rms_norm(&picked, &self.norm, self.hp.eps as f32)?
-        };
+        let normed = self.final_norm(x, positions, train)?;
         let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
         let head = self
             .embed
             .index_select(&Tensor::new(ids.as_slice(), &Device::Cpu)?, 0)?;
         normed.matmul(&head.t()?)
+    }
+
+    /// Final norm of the rows `positions` of `x`, projected on the whole (tied) LM head:
+    /// `[positions, vocabulary]` logits.
+    pub fn head_logits_all(
+        &self,
+        x: &Tensor,
+        positions: &[usize],
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let normed = self.final_norm(x, positions, train)?;
+        normed.matmul(&self.embed.t()?)
+    }
+
+    fn final_norm(
+        &self,
+        x: &Tensor,
+        positions: &[usize],
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let rows: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let rows = Tensor::new(rows.as_slice(), &Device::Cpu)?;
+        let picked = x.index_select(&rows, 0)?;
+        if train {
+            candle_nn::ops::rms_norm_slow(&picked, &self.norm, self.hp.eps as f32)
+        } else {
+            candle_nn::ops::rms_norm(&picked, &self.norm, self.hp.eps as f32)
+        }
     }
 }
 

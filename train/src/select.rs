@@ -9,13 +9,7 @@ use condenser::llm::Vocabulary;
 
 use crate::data::Example;
 use crate::model::Model;
-
-/// One training sequence (a prompt window) and its labels, one per marker.
-pub struct Sequence {
-    pub tokens: Vec<i32>,
-    pub markers: Vec<usize>,
-    pub labels: Vec<u8>,
-}
+use crate::objective::Sequence;
 
 pub fn select_vocab(vocab: &Vocabulary) -> anyhow::Result<SelectVocab> {
     SelectVocab::new(&|t: &str| vocab.tokenize(t, false)).map_err(anyhow::Error::msg)
@@ -40,7 +34,11 @@ pub fn sequences(
     let mut labels = example.labels.iter().copied();
     laid.into_iter()
         .map(|w| Sequence {
-            labels: labels.by_ref().take(w.markers.len()).collect(),
+            labels: labels
+                .by_ref()
+                .take(w.markers.len())
+                .map(u32::from)
+                .collect(),
             tokens: w.tokens,
             markers: w.markers,
         })
@@ -66,7 +64,7 @@ pub fn marker_scores(
 /// more than keeping an extra sentence). Returns (sum, total weight).
 pub fn loss(
     scores: &Tensor,
-    labels: &[u8],
+    labels: &[u32],
     positive_weight: f32,
 ) -> candle_core::Result<(Tensor, f32)> {
     let sign: Vec<f32> = labels
