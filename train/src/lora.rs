@@ -277,18 +277,21 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
     let mut val_examples = data::read(&cfg.data.join("val.jsonl"))?;
     val_examples.truncate(cfg.val_limit);
     let cache = out.join("cache");
-    let train_set = cache_lower(
-        &model,
-        objective.sequences(&vocab, &train_examples, cfg.max_tokens),
-        &cache,
-        "train",
-    )?;
-    let val_set = cache_lower(
-        &model,
-        objective.sequences(&vocab, &val_examples, cfg.max_tokens),
-        &cache,
-        "val",
-    )?;
+    let mut sets = Vec::with_capacity(2);
+    for (examples, tag) in [(&train_examples, "train"), (&val_examples, "val")] {
+        let sequences = objective.sequences(&vocab, examples, cfg.max_tokens)?;
+        if sequences.is_empty() {
+            anyhow::bail!(
+                "no {tag} sequence for the `{}` objective: no {tag} examples, or none within \
+                 --max-tokens {}",
+                cfg.objective,
+                cfg.max_tokens
+            );
+        }
+        sets.push(cache_lower(&model, sequences, &cache, tag)?);
+    }
+    let val_set = sets.pop().context("validation set")?;
+    let train_set = sets.pop().context("training set")?;
 
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch.max(1));
     let mut state = TrainState {

@@ -48,17 +48,20 @@ impl Objective {
         vocab: &Vocabulary,
         examples: &[Example],
         max_tokens: usize,
-    ) -> Vec<Sequence> {
+    ) -> anyhow::Result<Vec<Sequence>> {
         match self {
-            Self::Select(ids) => examples
+            Self::Select(ids) => Ok(examples
                 .iter()
                 .flat_map(|e| select::sequences(vocab, ids, e, max_tokens))
                 .filter(|s| !s.markers.is_empty())
-                .collect(),
-            Self::Rewrite => examples
-                .iter()
-                .filter_map(|e| rewrite::sequence(vocab, e, max_tokens))
-                .collect(),
+                .collect()),
+            Self::Rewrite => {
+                let mut out = Vec::new();
+                for e in examples {
+                    out.extend(rewrite::sequence(vocab, e, max_tokens)?);
+                }
+                Ok(out)
+            }
         }
     }
 

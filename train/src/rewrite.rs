@@ -20,28 +20,31 @@ pub const TRAINING_RATIO: f64 = 0.35;
 
 /// The example as one sequence: prompt, target, end of reply. `markers` are the positions whose
 /// next-token prediction is trained (the last prompt token through the last target token) and
-/// `labels` the tokens they must predict. None when it does not fit `max_tokens`.
-pub fn sequence(vocab: &Vocabulary, example: &Example, max_tokens: usize) -> Option<Sequence> {
+/// `labels` the tokens they must predict. None when it does not fit `max_tokens`; an error when
+/// the model has no chat template to render the prompt with.
+pub fn sequence(
+    vocab: &Vocabulary,
+    example: &Example,
+    max_tokens: usize,
+) -> anyhow::Result<Option<Sequence>> {
     let text = example.text();
     let target = example.target();
     let budget = ((Tokenizer::O200k.count(&text) as f64 * TRAINING_RATIO).ceil() as usize)
         .max(Tokenizer::O200k.count(&target));
-    let mut tokens = vocab
-        .chat_tokens(&prompt(&example.question, &text, budget))
-        .ok()?;
+    let mut tokens = vocab.chat_tokens(&prompt(&example.question, &text, budget))?;
     let start = tokens.len();
     tokens.extend(vocab.tokenize(&target, false));
     tokens.push(vocab.end_of_reply());
-    if tokens.len() > max_tokens || tokens.len() == start {
-        return None;
+    if tokens.len() > max_tokens || start == 0 {
+        return Ok(None);
     }
     let markers: Vec<usize> = (start - 1..tokens.len() - 1).collect();
     let labels = tokens[start..].iter().map(|&t| t as u32).collect();
-    Some(Sequence {
+    Ok(Some(Sequence {
         tokens,
         markers,
         labels,
-    })
+    }))
 }
 
 /// Full-vocabulary logits at the trained positions: `[positions, vocabulary]`.

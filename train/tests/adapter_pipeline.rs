@@ -245,7 +245,9 @@ fn a_rewrite_adapter_trains_on_the_compressors_prompt_and_changes_its_rewrite() 
 
     // Each trained position predicts the next token of the reply, which ends the turn.
     let vocab = Vocabulary::load(&base()).expect("vocab");
-    let seq = condenser_train::rewrite::sequence(&vocab, &fixed_batch()[0], 512).expect("fits");
+    let seq = condenser_train::rewrite::sequence(&vocab, &fixed_batch()[0], 512)
+        .expect("the model has a chat template")
+        .expect("fits");
     for (&at, &label) in seq.markers.iter().zip(&seq.labels) {
         assert_eq!(seq.tokens[at + 1] as u32, label);
     }
