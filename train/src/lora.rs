@@ -292,6 +292,7 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
     }
     let val_set = sets.pop().context("validation set")?;
     let train_set = sets.pop().context("training set")?;
+    model.release_blocks_below(model.hp.n_layer - model_layers_with_lora(&model));
 
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch.max(1));
     let mut state = TrainState {

@@ -15,7 +15,9 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::gguf_file;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
+
+use crate::attention::CausalSoftmax;
 
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -280,6 +282,15 @@ impl Model {
         Ok(self.embed.index_select(&ids, 0)?)
     }
 
+    /// Frees the weights of blocks `0..split` once their output is cached: training and
+    /// validation read the cache and run only the blocks above, so the frozen lower weights
+    /// (most of the f32 model) need not stay resident. Running a released block is an error.
+    pub fn release_blocks_below(&mut self, split: usize) {
+        for block in self.blocks.iter_mut().take(split) {
+            block.linears.clear();
+        }
+    }
+
     /// Runs blocks `range` over hidden states `x` (`[T, d]`). `train`: `Some(dropout)` builds
     /// the autograd graph with composed ops; `None` runs fused kernels without one.
     pub fn blocks(
@@ -288,22 +299,14 @@ impl Model {
         range: std::ops::Range<usize>,
         train: Option<f32>,
     ) -> candle_core::Result<Tensor> {
-        let seq = x.dim(0)?;
-        let mask = causal_mask(seq)?;
         let mut x = x.clone();
         for block in &self.blocks[range] {
-            x = self.block(block, &x, &mask, train)?;
+            x = self.block(block, &x, train)?;
         }
         Ok(x)
     }
 
-    fn block(
-        &self,
-        b: &Block,
-        x: &Tensor,
-        mask: &Tensor,
-        train: Option<f32>,
-    ) -> candle_core::Result<Tensor> {
+    fn block(&self, b: &Block, x: &Tensor, train: Option<f32>) -> candle_core::Result<Tensor> {
         let hp = &self.hp;
         let (seq, hd) = (x.dim(0)?, hp.head_dim());
         let norm = |x: &Tensor, w: &Tensor| match train {
@@ -340,11 +343,8 @@ impl Model {
                 .reshape((1, hp.n_head, seq, hd))
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
-        let probs = match train {
-            Some(_) => candle_nn::ops::softmax(&scores, D::Minus1)?,
-            None => candle_nn::ops::softmax_last_dim(&scores)?,
-        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        let probs = q.matmul(&k.t()?)?.apply_op1(CausalSoftmax { scale })?;
         let att = probs
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
@@ -421,13 +421,6 @@ fn rope_tables(head_dim: usize, base: f32) -> candle_core::Result<(Tensor, Tenso
         Tensor::from_vec(cos, (MAX_POSITIONS, half), &Device::Cpu)?,
         Tensor::from_vec(sin, (MAX_POSITIONS, half), &Device::Cpu)?,
     ))
-}
-
-fn causal_mask(seq: usize) -> candle_core::Result<Tensor> {
-    let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (seq, seq), &Device::Cpu)
 }
 
 #[cfg(test)]
