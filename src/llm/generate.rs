@@ -80,9 +80,8 @@ fn decode_and_generate(
     max_tokens: usize,
     deadline: Instant,
 ) -> Result<Generation, LlmError> {
-    let prompt = render(model, turns)?;
+    let tokens = prompt_tokens(model, turns)?;
     let vocab = model.vocab();
-    let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
     let n_ctx = ctx.n_ctx() as usize;
     if tokens.len() + max_tokens > n_ctx {
         return Err(LlmError::TooLong {
@@ -143,8 +142,17 @@ fn decode_and_generate(
     })
 }
 
-/// The prompt of `turns` in the model's own chat template, the assistant turn opened.
-pub(super) fn render(model: &LlamaModel, turns: &[ChatTurn]) -> Result<String, LlmError> {
+/// The tokens of `turns` in the model's own chat template, special tokens parsed, the assistant
+/// turn opened: what `complete` decodes, and what `condenser-train` puts before a reply.
+pub(super) fn prompt_tokens(
+    model: &LlamaModel,
+    turns: &[ChatTurn],
+) -> Result<Vec<LlamaToken>, LlmError> {
+    let prompt = render(model, turns)?;
+    Ok(model.vocab().tokenize(prompt.as_bytes(), true, true))
+}
+
+fn render(model: &LlamaModel, turns: &[ChatTurn]) -> Result<String, LlmError> {
     let template = model
         .chat_template(None)
         .map_err(|e| LlmError::Worker(format!("the model has no chat template: {e}")))?;

@@ -6,7 +6,7 @@ use std::path::Path;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 
-use super::generate::render;
+use super::generate::prompt_tokens;
 use super::local::backend;
 use super::{ChatTurn, LlmError};
 
@@ -39,11 +39,7 @@ impl Vocabulary {
     /// The prompt tokens `generate` decodes for `turns`: the model's chat template, special
     /// tokens parsed, the assistant turn opened. A trainer appends the target reply to them.
     pub fn chat_tokens(&self, turns: &[ChatTurn]) -> Result<Vec<i32>, LlmError> {
-        let prompt = render(&self.model, turns)?;
-        Ok(self
-            .model
-            .vocab()
-            .tokenize(prompt.as_bytes(), true, true)
+        Ok(prompt_tokens(&self.model, turns)?
             .into_iter()
             .map(|t| t.0)
             .collect())

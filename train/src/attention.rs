@@ -28,16 +28,17 @@ impl CustomOp1 for CausalSoftmax {
             candle_core::bail!("causal-softmax: scores must be contiguous");
         };
         let dims = layout.shape().dims();
-        let [.., rows, cols] = dims else {
+        let &[.., rows, cols] = dims else {
             candle_core::bail!("causal-softmax: scores {dims:?} are not [.., T, T]");
         };
-        let (rows, cols) = (*rows, *cols);
-        // Query row i sees keys 0..=i + (cols − rows): the last rows align with the last keys.
-        let offset = cols.saturating_sub(rows);
+        if rows != cols {
+            candle_core::bail!("causal-softmax: scores {dims:?} are not [.., T, T]");
+        }
         let src = &values[start..end];
         let mut out = vec![0f32; src.len()];
         for (row_index, (row, dst)) in src.chunks(cols).zip(out.chunks_mut(cols)).enumerate() {
-            let visible = ((row_index % rows) + offset + 1).min(cols);
+            // Query i sees keys 0..=i.
+            let visible = row_index % rows + 1;
             let max = row[..visible]
                 .iter()
                 .fold(f32::NEG_INFINITY, |m, &v| m.max(v * self.scale));

@@ -137,8 +137,8 @@ pub fn export(
         steps: state.step,
         checkpoint_step: step,
         val_loss: val.loss,
-        val_recall_at_third: (cfg.objective == "select").then_some(val.recall_at_third),
-        val_token_accuracy: (cfg.objective == "rewrite").then_some(val.recall_at_third),
+        val_recall_at_third: (cfg.objective == "select").then_some(val.quality),
+        val_token_accuracy: (cfg.objective == "rewrite").then_some(val.quality),
         eval: toml::Table::new(),
     };
     if let Some(path) = manifest {

@@ -46,8 +46,10 @@ pub struct ValScores {
     pub loss: f64,
     /// The objective's quality (`Objective::hits`), higher is better: `select` — keep
     /// sentences kept when the top third of each example's sentences (by score) is kept;
-    /// `rewrite` — target tokens predicted exactly.
-    pub recall_at_third: f64,
+    /// `rewrite` — target tokens predicted exactly. (Runs written before `rewrite` existed
+    /// stored it as `recall_at_third`.)
+    #[serde(alias = "recall_at_third")]
+    pub quality: f64,
 }
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -67,7 +69,7 @@ fn cache_lower(
     tag: &str,
 ) -> anyhow::Result<Vec<Cached>> {
     std::fs::create_dir_all(dir)?;
-    let split = model.hp.n_layer - model_layers_with_lora(model);
+    let split = first_trained_block(model);
     let bar = progress(seqs.len() as u64, &format!("caching {tag} lower blocks"));
     let started = Instant::now();
     let mut tokens = 0usize;
@@ -109,13 +111,15 @@ fn cache_lower(
     Ok(out)
 }
 
-fn model_layers_with_lora(model: &Model) -> usize {
-    model
+/// The first of the top blocks that carry LoRA: those below it are frozen and cached.
+fn first_trained_block(model: &Model) -> usize {
+    let trained = model
         .blocks
         .iter()
         .rev()
         .take_while(|b| b.linears.values().any(|l| l.lora.is_some()))
-        .count()
+        .count();
+    model.hp.n_layer - trained
 }
 
 fn load_lower(c: &Cached) -> anyhow::Result<Tensor> {
@@ -138,7 +142,7 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
 /// The top blocks' output for a cached sequence.
 fn forward_top(model: &Model, c: &Cached, train: Option<f32>) -> anyhow::Result<Tensor> {
     let lower = load_lower(c)?;
-    let split = model.hp.n_layer - model_layers_with_lora(model);
+    let split = first_trained_block(model);
     Ok(model.blocks(&lower, split..model.hp.n_layer, train)?)
 }
 
@@ -161,7 +165,7 @@ fn validate(
     }
     Ok(ValScores {
         loss: sum / weight.max(1e-9),
-        recall_at_third: hits as f64 / out_of.max(1) as f64,
+        quality: hits as f64 / out_of.max(1) as f64,
     })
 }
 
@@ -292,7 +296,7 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
     }
     let val_set = sets.pop().context("validation set")?;
     let train_set = sets.pop().context("training set")?;
-    model.release_blocks_below(model.hp.n_layer - model_layers_with_lora(&model));
+    model.release_blocks_below(first_trained_block(&model));
 
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch.max(1));
     let mut state = TrainState {
@@ -331,7 +335,7 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
             "step 0: val loss {:.4}, val {} {:.3}",
             val.loss,
             objective.quality_name(),
-            val.recall_at_third
+            val.quality
         );
         state.history.push((0, None, val.loss));
     }
@@ -393,14 +397,11 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
                     state.step,
                     val.loss,
                     objective.quality_name(),
-                    val.recall_at_third
+                    val.quality
                 ),
             );
             state.last_val = Some(val);
-            if state
-                .best
-                .is_none_or(|b| val.recall_at_third > b.recall_at_third)
-            {
+            if state.best.is_none_or(|b| val.quality > b.quality) {
                 state.best = Some(val);
                 state.best_step = state.step;
                 state.evals_without_gain = 0;
