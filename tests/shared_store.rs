@@ -27,9 +27,12 @@ async fn two_replicas_share_one_shadow_store_and_survive_its_outage() {
         }
     }
     // Each replica's report reads the shared store: all five samples, whoever took them.
-    let report_a = wait_samples(admin_a, 5).await;
-    let report_b = wait_samples(admin_b, 5).await;
-    assert_eq!(report_a["routes"], report_b["routes"]);
+    // A sample is stored before its scores are, so wait for all five to be scored before
+    // comparing the two reports.
+    wait_samples(admin_a, 5).await;
+    let main_a = wait_scored(admin_a, 5).await;
+    let main_b = wait_scored(admin_b, 5).await;
+    assert_eq!(main_a, main_b);
 
     // `condenser report` reads the same store from the file.
     let dir = tempfile::tempdir().expect("tempdir");
