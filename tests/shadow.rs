@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::shadow::{admin, ask, chat_requests, question, wait_scored, Setup};
-use common::Condenser;
+use common::{Condenser, SLOW_LEG};
 use serde_json::Value;
 
 #[tokio::test]
@@ -197,14 +197,14 @@ async fn sigterm_stores_samples_still_in_flight() {
     let s = Setup::new().await;
     let admin_port = s.admin_port();
     let mut proxy = Condenser::start(&s.config(admin_port, "", "sample_rate = 1.0", ""));
-    // The client streams at once; the background leg takes 1.5 s and nobody waits for it.
+    // The client streams at once; the background leg takes `SLOW_LEG` and nobody waits for it.
     let started = Instant::now();
     let resp = ask(&proxy, &question("slowleg", true), "k").await;
     assert!(resp.text().await.expect("body").contains("[DONE]"));
     let client_wait = started.elapsed();
     assert!(
-        client_wait < Duration::from_millis(1000),
-        "the client waited {client_wait:?} for a 1.5 s shadow leg"
+        client_wait < SLOW_LEG * 3 / 5,
+        "the client waited {client_wait:?} for a {SLOW_LEG:?} shadow leg"
     );
     assert!(
         proxy.terminate(Duration::from_secs(20)),

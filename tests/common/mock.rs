@@ -15,6 +15,11 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+/// How long the `slowleg` model takes to answer a non-streamed request (the shadow's
+/// background leg): long enough that a client kept waiting for it cannot pass for a loaded
+/// machine's jitter.
+pub const SLOW_LEG: Duration = Duration::from_secs(5);
+
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -201,7 +206,7 @@ async fn chat(
         _ => {}
     }
     if model == "slowleg" && !stream {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(SLOW_LEG).await;
     }
     let tools = model == "tools";
     let scripted = scripted_answer(&model, &request, &body);
