@@ -63,4 +63,10 @@ pub struct TrainConfig {
     pub positive_weight: f32,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Keep every trained block's activations for one backward pass instead of recomputing
+    /// them block by block: a little faster, about the trained-block count times the graph
+    /// memory (README, "Training cost").
+    #[arg(long)]
+    #[serde(default)]
+    pub keep_activations: bool,
 }

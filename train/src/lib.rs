@@ -11,6 +11,7 @@ pub mod export;
 pub mod lora;
 pub mod model;
 pub mod objective;
+pub mod recompute;
 pub mod rewrite;
 pub mod select;
 #[doc(hidden)]

@@ -21,8 +21,9 @@ use condenser::llm::Vocabulary;
 
 pub use crate::config::TrainConfig;
 use crate::data;
-use crate::model::Model;
+use crate::model::{mix, Model, Pass};
 use crate::objective::{Objective, Sequence};
+use crate::recompute;
 
 /// Progress saved at every validation.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -62,11 +63,17 @@ struct Cached {
     lower: PathBuf,
 }
 
+/// Runs the frozen lower blocks over each sequence once and stores their output in `dir`. An
+/// entry's file name carries a key of what it was computed from (the base file's size, the
+/// split, the tokens), so a run with other settings in the same folder computes its own
+/// entries instead of reading stale ones, and a run over more examples reuses the entries of
+/// the sequences it shares with an earlier run.
 fn cache_lower(
     model: &Model,
     seqs: Vec<Sequence>,
     dir: &Path,
     tag: &str,
+    base_id: u64,
 ) -> anyhow::Result<Vec<Cached>> {
     std::fs::create_dir_all(dir)?;
     let split = first_trained_block(model);
@@ -76,10 +83,14 @@ fn cache_lower(
     let mut total_tokens = 0usize;
     let mut out = Vec::with_capacity(seqs.len());
     for (i, seq) in seqs.into_iter().enumerate() {
-        let path = dir.join(format!("{tag}-{i}.safetensors"));
+        let key = seq
+            .tokens
+            .iter()
+            .fold(mix(base_id, split as u64), |h, &t| mix(h, t as u32 as u64));
+        let path = dir.join(format!("{tag}-{i}-{key:016x}.safetensors"));
         if !path.is_file() {
             let x = model.embed(&seq.tokens)?;
-            let lower = model.blocks(&x, 0..split, None)?;
+            let lower = model.blocks(&x, 0..split, Pass::Infer)?;
             candle_core::safetensors::save(&HashMap::from([("x".to_string(), lower)]), &path)?;
             // Only what was computed counts towards the speed (a resumed run reads the rest).
             tokens += seq.tokens.len();
@@ -139,11 +150,9 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// The top blocks' output for a cached sequence.
-fn forward_top(model: &Model, c: &Cached, train: Option<f32>) -> anyhow::Result<Tensor> {
-    let lower = load_lower(c)?;
-    let split = first_trained_block(model);
-    Ok(model.blocks(&lower, split..model.hp.n_layer, train)?)
+/// The blocks that carry LoRA (those below are cached).
+fn trained_blocks(model: &Model) -> std::ops::Range<usize> {
+    first_trained_block(model)..model.hp.n_layer
 }
 
 fn validate(
@@ -155,7 +164,7 @@ fn validate(
     let (mut sum, mut weight) = (0f64, 0f64);
     let (mut hits, mut out_of) = (0usize, 0usize);
     for c in val {
-        let top = forward_top(model, c, None)?;
+        let top = model.blocks(&load_lower(c)?, trained_blocks(model), Pass::Infer)?;
         let (l, w) = objective.loss(model, &top, &c.seq, positive_weight, false)?;
         sum += l.to_scalar::<f32>()? as f64;
         weight += w as f64;
@@ -179,12 +188,14 @@ fn report(bar: &indicatif::ProgressBar, line: String) {
 }
 
 /// Gradient accumulation: one backward pass per sequence (only one sequence's graph alive at a
-/// time, which bounds memory), the LoRA gradients summed; the loss is normalised by the batch's
-/// total label weight, so the step equals one backward over the whole batch.
+/// time, which bounds memory; by default only one block's, see `recompute`), the LoRA gradients
+/// summed; the loss is normalised by the batch's total label weight, so the step equals one
+/// backward over the whole batch. `step` seeds the dropout masks, so a step is reproducible.
 fn accumulate<'a>(
     model: &Model,
     objective: &Objective,
     cfg: &TrainConfig,
+    step: usize,
     batch: impl Iterator<Item = &'a Cached> + Clone,
     vars: &[(String, Var)],
 ) -> anyhow::Result<(GradStore, f64)> {
@@ -193,24 +204,41 @@ fn accumulate<'a>(
         .flat_map(|c| c.seq.labels.iter())
         .map(|&l| objective.label_weight(l, cfg.positive_weight))
         .sum();
+    let strategy = if cfg.keep_activations {
+        recompute::Strategy::WholeGraph
+    } else {
+        recompute::Strategy::Blockwise
+    };
     let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut last: Option<GradStore> = None;
     let mut total = 0f64;
-    for c in batch {
-        let top = forward_top(model, c, Some(cfg.dropout))?;
-        let (l, _) = objective.loss(model, &top, &c.seq, cfg.positive_weight, true)?;
-        let l = (l / weight.max(1e-6) as f64)?;
-        total += l.to_scalar::<f32>()? as f64;
-        let grads = l.backward()?;
-        for (sum, (_, var)) in sums.iter_mut().zip(vars) {
-            if let Some(g) = grads.get(var.as_tensor()) {
+    for (k, c) in batch.enumerate() {
+        let loss = |top: &Tensor| {
+            let (l, _) = objective.loss(model, top, &c.seq, cfg.positive_weight, true)?;
+            l / weight.max(1e-6) as f64
+        };
+        let g = recompute::Backprop {
+            model,
+            input: &load_lower(c)?,
+            blocks: trained_blocks(model),
+            pass: Pass::Train {
+                dropout: cfg.dropout,
+                seed: mix(mix(cfg.seed, step as u64), k as u64),
+            },
+            loss: &loss,
+            vars,
+        }
+        .gradients(strategy)?;
+        total += g.loss as f64;
+        for (sum, grad) in sums.iter_mut().zip(g.grads) {
+            if let Some(grad) = grad {
                 *sum = Some(match sum.take() {
-                    Some(s) => (s + g)?,
-                    None => g.clone(),
+                    Some(s) => (s + grad)?,
+                    None => grad,
                 });
             }
         }
-        last = Some(grads);
+        last = Some(g.store);
     }
     let mut store = last.context("empty batch")?;
     for (sum, (_, var)) in sums.into_iter().zip(vars) {
@@ -281,6 +309,7 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
     let mut val_examples = data::read(&cfg.data.join("val.jsonl"))?;
     val_examples.truncate(cfg.val_limit);
     let cache = out.join("cache");
+    let base_id = std::fs::metadata(&cfg.base)?.len();
     let mut sets = Vec::with_capacity(2);
     for (examples, tag) in [(&train_examples, "train"), (&val_examples, "val")] {
         let sequences = objective.sequences(&vocab, examples, cfg.max_tokens)?;
@@ -292,7 +321,7 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
                 cfg.max_tokens
             );
         }
-        sets.push(cache_lower(&model, sequences, &cache, tag)?);
+        sets.push(cache_lower(&model, sequences, &cache, tag, base_id)?);
     }
     let val_set = sets.pop().context("validation set")?;
     let train_set = sets.pop().context("training set")?;
@@ -355,6 +384,7 @@ pub fn train(cfg: TrainConfig, out: &Path, resume: bool) -> anyhow::Result<Train
             &model,
             &objective,
             &cfg,
+            state.step,
             batch.iter().map(|&i| &train_set[i]),
             &vars,
         )?;

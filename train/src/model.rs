@@ -107,6 +107,74 @@ impl CustomOp1 for FrozenLinear {
     }
 }
 
+/// How blocks run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pass {
+    /// Fused kernels, no autograd graph, no dropout: caching the lower blocks, validation.
+    Infer,
+    /// Composed ops that autograd differentiates, with dropout on the LoRA inputs. The masks are
+    /// drawn from `seed` (mixed with the block and the linear), so running a block twice with
+    /// the same seed applies the same masks: block-wise recomputation relies on it.
+    Train { dropout: f32, seed: u64 },
+    /// A training pass's forward without its graph: fused kernels and the same dropout masks
+    /// as `Train` with this seed, for the block inputs that recomputation starts from.
+    Replay { dropout: f32, seed: u64 },
+}
+
+impl Pass {
+    /// The pass of one linear of one block: its own dropout stream.
+    fn for_linear(self, block: usize, linear: usize) -> Self {
+        let stream = |seed| mix(mix(seed, block as u64), linear as u64);
+        match self {
+            Self::Train { dropout, seed } => Self::Train {
+                dropout,
+                seed: stream(seed),
+            },
+            Self::Replay { dropout, seed } => Self::Replay {
+                dropout,
+                seed: stream(seed),
+            },
+            Self::Infer => Self::Infer,
+        }
+    }
+
+    /// Whether the pass builds an autograd graph (composed ops only).
+    fn builds_graph(self) -> bool {
+        matches!(self, Self::Train { .. })
+    }
+
+    /// The dropout rate and mask seed, where dropout applies.
+    fn dropout(self) -> Option<(f32, u64)> {
+        match self {
+            Self::Train { dropout, seed } | Self::Replay { dropout, seed } if dropout > 0.0 => {
+                Some((dropout, seed))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// SplitMix64 of `a` combined with `b`: independent seeds from (seed, index) pairs.
+pub fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Inverted dropout with a mask drawn from `seed`: each element kept with probability 1 − p
+/// and scaled by 1 / (1 − p).
+fn seeded_dropout(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.f32() >= p { keep } else { 0.0 })
+        .collect();
+    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+}
+
 /// A low-rank update `scale · B · A` of one base weight; `A` is `[rank, in]`, `B` `[out, rank]`.
 pub struct Lora {
     pub a: Var,
@@ -120,22 +188,29 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor, train: Option<f32>) -> candle_core::Result<Tensor> {
-        let base = match train {
-            Some(_) => x.contiguous()?.apply_op1(FrozenLinear {
+    fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
+        let base = if pass.builds_graph() {
+            x.contiguous()?.apply_op1(FrozenLinear {
                 weight: self.weight.clone(),
-            })?,
-            None => x.broadcast_matmul(&self.weight.t()?)?,
+            })?
+        } else {
+            x.broadcast_matmul(&self.weight.t()?)?
         };
         let Some(lora) = &self.lora else {
             return Ok(base);
         };
-        let input = match train {
-            Some(p) if p > 0.0 => candle_nn::ops::dropout(x, p)?,
-            _ => x.clone(),
+        let input = match pass.dropout() {
+            Some((p, seed)) => seeded_dropout(x, p, seed)?,
+            None => x.clone(),
         };
-        let low = input.broadcast_matmul(&lora.a.as_tensor().t()?)?;
-        let update = low.broadcast_matmul(&lora.b.as_tensor().t()?)?;
+        let (a, b) = if pass.builds_graph() {
+            (lora.a.as_tensor().clone(), lora.b.as_tensor().clone())
+        } else {
+            // Detached: a pass without a graph must not record one through the variables.
+            (lora.a.as_tensor().detach(), lora.b.as_tensor().detach())
+        };
+        let low = input.broadcast_matmul(&a.t()?)?;
+        let update = low.broadcast_matmul(&b.t()?)?;
         base + (update * lora.scale)?
     }
 
@@ -291,31 +366,48 @@ impl Model {
         }
     }
 
-    /// Runs blocks `range` over hidden states `x` (`[T, d]`). `train`: `Some(dropout)` builds
-    /// the autograd graph with composed ops; `None` runs fused kernels without one.
+    /// Runs blocks `range` over hidden states `x` (`[T, d]`).
     pub fn blocks(
         &self,
         x: &Tensor,
         range: std::ops::Range<usize>,
-        train: Option<f32>,
+        pass: Pass,
     ) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
-        for block in &self.blocks[range] {
-            x = self.block(block, &x, train)?;
+        for (index, block) in self
+            .blocks
+            .iter()
+            .enumerate()
+            .take(range.end)
+            .skip(range.start)
+        {
+            x = self.block(index, block, &x, pass)?;
         }
         Ok(x)
     }
 
-    fn block(&self, b: &Block, x: &Tensor, train: Option<f32>) -> candle_core::Result<Tensor> {
+    fn block(
+        &self,
+        index: usize,
+        b: &Block,
+        x: &Tensor,
+        pass: Pass,
+    ) -> candle_core::Result<Tensor> {
         let hp = &self.hp;
         let (seq, hd) = (x.dim(0)?, hp.head_dim());
-        let norm = |x: &Tensor, w: &Tensor| match train {
-            Some(_) => candle_nn::ops::rms_norm_slow(x, w, hp.eps as f32),
-            None => candle_nn::ops::rms_norm(x, w, hp.eps as f32),
+        let norm = |x: &Tensor, w: &Tensor| {
+            if pass.builds_graph() {
+                candle_nn::ops::rms_norm_slow(x, w, hp.eps as f32)
+            } else {
+                candle_nn::ops::rms_norm(x, w, hp.eps as f32)
+            }
         };
-        let lin = |name: &str, x: &Tensor| match b.linears.get(name) {
-            Some(l) => l.forward(x, train),
-            None => candle_core::bail!("missing {name}"),
+        let lin = |name: &str, x: &Tensor| match (
+            b.linears.get(name),
+            LINEARS.iter().position(|&l| l == name),
+        ) {
+            (Some(l), Some(slot)) => l.forward(x, pass.for_linear(index, slot)),
+            _ => candle_core::bail!("missing {name}"),
         };
         let h = norm(x, &b.attn_norm)?;
         let heads = |t: Tensor, n: usize| t.reshape((1, seq, n, hd))?.transpose(1, 2)?.contiguous();
@@ -323,16 +415,12 @@ impl Model {
         let k = heads(lin("attn_k", &h)?, hp.n_head_kv)?;
         let v = heads(lin("attn_v", &h)?, hp.n_head_kv)?;
         let (cos, sin) = (self.cos.narrow(0, 0, seq)?, self.sin.narrow(0, 0, seq)?);
-        let (q, k) = match train {
-            Some(_) => (
-                candle_nn::rotary_emb::rope_i_slow(&q, &cos, &sin)?,
-                candle_nn::rotary_emb::rope_i_slow(&k, &cos, &sin)?,
-            ),
-            None => (
-                candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
-                candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
-            ),
+        let rope = if pass.builds_graph() {
+            candle_nn::rotary_emb::rope_i_slow
+        } else {
+            candle_nn::rotary_emb::rope_i
         };
+        let (q, k) = (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?);
         let group = hp.n_head / hp.n_head_kv;
         let repeat = |t: Tensor| -> candle_core::Result<Tensor> {
             if group == 1 {

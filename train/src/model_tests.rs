@@ -3,16 +3,7 @@
 use candle_core::{Device, Tensor, Var};
 
 use super::*;
-use crate::tiny;
-
-/// Largest absolute element-wise difference of two tensors.
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs())
-        .and_then(|d| d.max_all())
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("difference")
-}
+use crate::tiny::{self, max_diff};
 
 /// Gradients of Σ t² (a loss that reaches every element of `t`).
 fn squared_sum_grads(t: &Tensor) -> candle_core::backprop::GradStore {
@@ -26,6 +17,13 @@ fn tiny_model(dir: &tempfile::TempDir) -> Model {
     let path = dir.path().join("tiny.gguf");
     tiny::write(&path, None, 1).expect("tiny gguf");
     Model::load(&path).expect("loads")
+}
+
+fn no_dropout() -> Pass {
+    Pass::Train {
+        dropout: 0.0,
+        seed: 0,
+    }
 }
 
 fn targets() -> Vec<String> {
@@ -53,10 +51,10 @@ fn a_lora_linear_computes_the_merged_weight() {
     .expect("merged");
     let x = Tensor::randn(0f32, 1.0, (5, tiny::EMBD), &Device::Cpu).expect("x");
     let expected = x.matmul(&merged.t().expect("t")).expect("xw");
-    for train in [None, Some(0.0)] {
-        let got = linear.forward(&x, train).expect("forward");
+    for pass in [Pass::Infer, no_dropout()] {
+        let got = linear.forward(&x, pass).expect("forward");
         let diff = max_diff(&got, &expected);
-        assert!(diff < 1e-4, "train {train:?}");
+        assert!(diff < 1e-4, "{pass:?}");
     }
 }
 
@@ -66,9 +64,9 @@ fn gradients_reach_the_lora_factors_and_no_base_weight() {
     let mut model = tiny_model(&dir);
     let vars = model.add_lora(2, &targets(), 2, 4.0, 3).expect("lora");
     let x = model.embed(&[1, 5, 9, 3, 7]).expect("embed");
-    let lower = model.blocks(&x, 0..1, None).expect("lower");
+    let lower = model.blocks(&x, 0..1, Pass::Infer).expect("lower");
     let top = model
-        .blocks(&lower, 1..tiny::LAYERS, Some(0.0))
+        .blocks(&lower, 1..tiny::LAYERS, no_dropout())
         .expect("top");
     let loss = model
         .head_logits(&top, &[2, 4], &[1, 2], true)
@@ -133,9 +131,11 @@ fn the_training_graph_computes_what_the_fused_forward_computes() {
     let dir = tempfile::tempdir().expect("tmp");
     let model = tiny_model(&dir);
     let x = model.embed(&[4, 8, 15, 16, 23, 42]).expect("embed");
-    let fused = model.blocks(&x, 0..tiny::LAYERS, None).expect("fused");
+    let fused = model
+        .blocks(&x, 0..tiny::LAYERS, Pass::Infer)
+        .expect("fused");
     let composed = model
-        .blocks(&x, 0..tiny::LAYERS, Some(0.0))
+        .blocks(&x, 0..tiny::LAYERS, no_dropout())
         .expect("composed");
     let diff = max_diff(&fused, &composed);
     assert!(diff < 1e-3);

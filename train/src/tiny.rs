@@ -94,3 +94,12 @@ pub fn write(path: &Path, vocab_from: Option<&Path>, seed: u64) -> anyhow::Resul
     gguf_file::write(&mut file, &md, &ts)?;
     Ok(n_vocab)
 }
+
+/// Largest absolute element-wise difference of two tensors (tests compare computations with it).
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("difference")
+}

@@ -15,7 +15,7 @@ use condenser::compress::{CompressInput, Compressor, Rewrite, Select, Tokenizer}
 use condenser::llm::{LocalModel, LocalModelConfig, ModelBackend, Vocabulary};
 use condenser_train::data::Example;
 use condenser_train::lora::{train, TrainConfig};
-use condenser_train::model::Model;
+use condenser_train::model::{Model, Pass};
 use condenser_train::{data, export, tiny};
 
 fn base() -> PathBuf {
@@ -60,7 +60,11 @@ fn candle_forward_matches_llama_cpp_on_a_tiny_model() {
     tokens.extend(vocab.tokenize(text, false));
     let model = Model::load(&path).expect("candle loads the model");
     let x = model
-        .blocks(&model.embed(&tokens).expect("embed"), 0..tiny::LAYERS, None)
+        .blocks(
+            &model.embed(&tokens).expect("embed"),
+            0..tiny::LAYERS,
+            Pass::Infer,
+        )
         .expect("fwd");
     let all: Vec<i32> = (0..model.hp.n_vocab as i32).collect();
     let positions: Vec<usize> = (first..tokens.len() - 1).collect();
@@ -151,6 +155,7 @@ fn fixed_run(dir: &Path, objective: &str) -> TrainConfig {
         patience: 20,
         positive_weight: 2.0,
         seed: 3,
+        keep_activations: false,
     }
 }
 
