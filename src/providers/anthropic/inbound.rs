@@ -113,9 +113,13 @@ impl CompressionView {
                                     .collect()
                             })
                             .unwrap_or_default();
-                        message["content"] = content;
+                        let Some(message) = message.as_object_mut() else {
+                            continue;
+                        };
+                        let written = message.entry("content").or_insert(Value::Null);
+                        *written = content;
                         for (j, block) in results {
-                            if let Some(slot) = message["content"].get_mut(j) {
+                            if let Some(slot) = written.get_mut(j) {
                                 *slot = block;
                             }
                         }
@@ -127,8 +131,9 @@ impl CompressionView {
                         .and_then(|m| m.get_mut(i))
                         .and_then(|m| m.get_mut("content"))
                         .and_then(|c| c.get_mut(j))
+                        .and_then(Value::as_object_mut)
                     {
-                        block["content"] = content;
+                        block.insert("content".into(), content);
                     }
                 }
             }

@@ -58,7 +58,9 @@ impl AnthropicStream {
                 if let Some(model) = message.get("model").and_then(Value::as_str) {
                     self.frames.model = model.to_string();
                 }
-                if let Some(u) = message.get("usage") {
+                // A usage that is not an object is ignored, so that a malformed stream cannot
+                // make the output-token update below index into a non-object.
+                if let Some(u) = message.get("usage").filter(|u| u.is_object()) {
                     self.usage = u.clone();
                 }
                 self.chunk(json!({"role": "assistant", "content": ""}), None)
@@ -96,8 +98,11 @@ impl AnthropicStream {
                 }
             }
             "message_delta" => {
-                if let Some(out) = event.pointer("/usage/output_tokens") {
-                    self.usage["output_tokens"] = out.clone();
+                if let (Some(out), Some(usage)) = (
+                    event.pointer("/usage/output_tokens"),
+                    self.usage.as_object_mut(),
+                ) {
+                    usage.insert("output_tokens".into(), out.clone());
                 }
                 let stop = event
                     .pointer("/delta/stop_reason")
@@ -157,5 +162,27 @@ impl StreamTranscoder for AnthropicStream {
             "the Anthropic stream ended before message_stop",
             "api_error",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_that_is_not_an_object_is_ignored_not_a_panic() {
+        let mut stream = AnthropicStream::new("m", true);
+        let body = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":\"Hello\"}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},",
+            "\"usage\":{\"output_tokens\":15}}\n\n",
+            "event: message_stop\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let out = String::from_utf8(stream.feed(body.as_bytes())).expect("utf-8");
+        assert!(out.contains("\"finish_reason\":\"stop\""), "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
     }
 }
