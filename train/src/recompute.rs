@@ -123,8 +123,6 @@ impl Backprop<'_> {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
-
     use super::*;
     use crate::model::LINEARS;
     use crate::tiny;
@@ -136,13 +134,7 @@ mod tests {
         let mut model = Model::load(&path).expect("loads");
         let targets: Vec<String> = LINEARS.iter().map(|s| s.to_string()).collect();
         let vars = model.add_lora(2, &targets, 2, 4.0, 3).expect("lora");
-        for (name, var) in &vars {
-            if name.ends_with("lora_b") {
-                let dims = var.dims().to_vec();
-                var.set(&Tensor::randn(0f32, 0.3, dims, &Device::Cpu).expect("randn"))
-                    .expect("set");
-            }
-        }
+        tiny::randomize_lora_b(&vars);
         (model, vars)
     }
 

@@ -103,3 +103,15 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.to_scalar::<f32>())
         .expect("difference")
 }
+
+/// Gives LoRA's B factors random values: they start at zero, which would make every update (and
+/// A's gradient) trivially zero in a test.
+pub fn randomize_lora_b(vars: &[(String, candle_core::Var)]) {
+    for (name, var) in vars {
+        if name.ends_with("lora_b") {
+            let dims = var.dims().to_vec();
+            var.set(&Tensor::randn(0f32, 0.3, dims, &Device::Cpu).expect("randn"))
+                .expect("set");
+        }
+    }
+}

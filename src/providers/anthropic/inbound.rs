@@ -116,10 +116,9 @@ impl CompressionView {
                         let Some(message) = message.as_object_mut() else {
                             continue;
                         };
-                        let written = message.entry("content").or_insert(Value::Null);
-                        *written = content;
+                        message.insert("content".into(), content);
                         for (j, block) in results {
-                            if let Some(slot) = written.get_mut(j) {
+                            if let Some(slot) = message["content"].get_mut(j) {
                                 *slot = block;
                             }
                         }
