@@ -88,8 +88,18 @@ impl Overrides {
         };
         let text = serde_json::to_vec_pretty(self).map_err(|e| io(e.to_string()))?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| io(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(e.to_string()))
+        // Synced before the rename, so a power loss leaves the old file or the new one, never
+        // an empty one.
+        let mut file = std::fs::File::create(&tmp).map_err(|e| io(e.to_string()))?;
+        std::io::Write::write_all(&mut file, &text).map_err(|e| io(e.to_string()))?;
+        file.sync_all().map_err(|e| io(e.to_string()))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(|e| io(e.to_string()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // The rename itself is durable once the folder is synced.
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
     }
 
     /// Applies a patch shaped like the route's table in the file, e.g.

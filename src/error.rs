@@ -14,8 +14,18 @@ pub enum ProxyError {
     InvalidRequest(String),
     #[error("request body exceeds the {limit} byte limit")]
     BodyTooLarge { limit: usize },
-    #[error("no route serves model `{0}`")]
+    #[error("no route serves model `{}`", clip(.0))]
     NoRoute(String),
+    #[error("route `{route}` (named in x-condenser-route) does not serve model `{}`", clip(.model))]
+    RouteModelMismatch { route: String, model: String },
+    #[error("this API key may not set `{0}`")]
+    HeaderNotAllowed(&'static str),
+    #[error("{method} {path} is not an endpoint this API key may use through condenser")]
+    EndpointNotAllowed { method: String, path: String },
+    #[error("refused path: {0}")]
+    UnsafePath(String),
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     #[error("unknown route `{0}` in x-condenser-route")]
     UnknownRoute(String),
     #[error(
@@ -66,6 +76,13 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
             Self::NoRoute(_) => (404, "invalid_request_error", "model_not_found"),
             Self::UnknownRoute(_) => (400, "invalid_request_error", "unknown_route"),
+            Self::RouteModelMismatch { .. } => {
+                (400, "invalid_request_error", "route_model_mismatch")
+            }
+            Self::HeaderNotAllowed(_) => (403, "permission_error", "header_not_allowed"),
+            Self::EndpointNotAllowed { .. } => (403, "permission_error", "endpoint_not_allowed"),
+            Self::UnsafePath(_) => (400, "invalid_request_error", "invalid_path"),
+            Self::BodyTimeout(_) => (408, "invalid_request_error", "request_timeout"),
             Self::UnknownCompressor(_) => (400, "invalid_request_error", "unknown_compressor"),
             Self::NotFound { .. } => (404, "invalid_request_error", "unknown_url"),
             Self::UpstreamUnreachable { .. } => (502, "api_error", "upstream_unreachable"),
@@ -101,6 +118,22 @@ impl ProxyError {
         };
         crate::openai::error::error_body(&self.to_string(), kind, param, code)
     }
+}
+
+/// Longest client-supplied text (a model name, a path) an error message repeats: the rest is
+/// cut, so a 32 MiB `model` is not echoed into the answer and the access log.
+const ECHO_LIMIT: usize = 128;
+
+/// `text` cut to [`ECHO_LIMIT`] bytes (on a character boundary).
+pub fn clip(text: &str) -> &str {
+    if text.len() <= ECHO_LIMIT {
+        return text;
+    }
+    let mut end = ECHO_LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 impl From<WireError> for ProxyError {

@@ -3,6 +3,7 @@
 //! The library holds everything but the command line, so `condenser-eval` and the training
 //! binary reuse the same configuration, compressors and wire types as the proxy.
 
+pub mod access;
 pub mod compress;
 pub mod config;
 pub mod control;

@@ -12,7 +12,7 @@ use pingora::connectors::http::Connector;
 use pingora::prelude::Server;
 use pingora::server::configuration::ServerConf;
 
-use condenser::config;
+use condenser::config::{self, Listener};
 
 #[cfg(feature = "local-model")]
 #[path = "cli/serve_model.rs"]
@@ -108,6 +108,7 @@ fn main() {
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = config::load(path)?;
+    cfg.server.require_admin_key()?;
     for up in &cfg.upstreams {
         for var in up.deployments.iter().filter_map(|d| d.api_key_env.as_ref()) {
             if std::env::var_os(var).is_none() {
@@ -224,6 +225,7 @@ fn routes(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut cfg = config::load(path).with_context(|| format!("loading {}", path.display()))?;
+    cfg.server.require_admin_key()?;
     init_logging(cfg.server.log_format);
     condenser::metrics::set_recording(cfg.server.metrics);
     let tracer_provider = condenser::telemetry::init(
@@ -232,7 +234,12 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     )?;
     if let Some(addr) = listen {
         cfg.server.listen = addr;
-        config::check_exposure(addr, cfg.auth.is_some(), cfg.server.allow_unauthenticated)?;
+        config::check_exposure(
+            config::Listener::Public,
+            addr,
+            cfg.auth.is_some(),
+            cfg.server.allow_unauthenticated,
+        )?;
     }
     let listen = cfg.server.listen;
     let threads = if cfg.server.threads == 0 {
@@ -261,9 +268,11 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     reload_on_sighup(state.clone())?;
     condenser::server::start_shared_overrides(&state);
     let shadow = state.shadow.clone();
+    // Each listener is its own service: the admin service answers only `/admin/*` and
+    // `/metrics`, whatever address it is bound to, and the public one never answers them.
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Condenser::new(state),
+        Condenser::new(state.clone(), Listener::Public),
         "condenser",
     );
     match &tls {
@@ -276,11 +285,18 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
             .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
         None => service.add_tcp(&listen.to_string()),
     }
+    server.add_service(service);
     if let Some(admin) = admin_listen {
-        service.add_tcp(&admin.to_string());
+        let mut admin_service = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            Condenser::new(state, Listener::Admin),
+            "condenser-admin",
+        );
+        admin_service.threads = Some(1);
+        admin_service.add_tcp(&admin.to_string());
+        server.add_service(admin_service);
         tracing::info!(%admin, "admin endpoints listening");
     }
-    server.add_service(service);
     announce_when_listening(listen);
     tracing::info!(%listen, threads, "starting condenser");
     server.run(pingora::server::RunArgs::default());

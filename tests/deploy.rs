@@ -18,12 +18,14 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// `condenser check` accepts the file (with the client key its `[auth]` names set).
+/// `condenser check` accepts the file (with the client and admin keys it names set): the
+/// exposure rule holds for both of its listeners.
 fn assert_valid_config(path: &str) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_condenser"))
         .args(["check", "--config"])
         .arg(Path::new(ROOT).join(path))
         .env("CONDENSER_CLIENT_KEY", "sk-client")
+        .env("CONDENSER_ADMIN_KEY", "sk-admin")
         .output()
         .expect("condenser check");
     assert!(

@@ -363,7 +363,8 @@ async fn configured_key_replaces_the_client_key_and_never_reaches_the_log() {
 #[tokio::test]
 async fn compressor_timeout_fails_open_to_the_original() {
     let mock = MockUpstream::start().await;
-    let compression = "enabled = true\ncompressor = \"extractive\"\nmin_tokens = 200\ntarget_ratio = 0.35\ntimeout_ms = 1";
+    // `max_bytes` above the ~1 MB document: it is compressed (and times out), not skipped.
+    let compression = "enabled = true\ncompressor = \"extractive\"\nmin_tokens = 200\ntarget_ratio = 0.35\ntimeout_ms = 1\nmax_bytes = 4194304";
     let proxy = Condenser::start(&config(&mock.base_url(), "", compression));
     let huge = long_document().repeat(40);
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": format!("{huge}\n\nWhen?")}]});

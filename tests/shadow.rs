@@ -50,10 +50,13 @@ async fn both_legs_go_upstream_and_a_changed_answer_fails_the_gates() {
             "{gate}: {route}"
         );
     }
-    assert!(route["worst"][0]["candidate"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("does not say"));
+    // The worst example is named, but its prompt and answers need the admin key, and this
+    // admin listener has none.
+    let worst = &route["worst"][0];
+    assert!(!worst["failed_gates"].as_array().is_none_or(Vec::is_empty));
+    for field in ["request", "reference", "candidate"] {
+        assert_eq!(worst[field], "", "{field}: {route}");
+    }
     // Not on the public listener.
     let public = reqwest::get(proxy.url("/admin/shadow")).await.expect("get");
     assert_eq!(public.status(), 404);
@@ -133,7 +136,7 @@ async fn the_daily_spend_cap_stops_shadowing() {
         admin_port,
         "",
         "sample_rate = 1.0\nmax_daily_usd = 0.001",
-        "[shadow.prices]\nstable = { input = 1.0, output = 30.0 }",
+        "[shadow.prices]\nstable = { input = 1.0, output = 30.0 }\njudge = { input = 1.0, output = 1.0 }",
     ));
     for _ in 0..3 {
         assert_eq!(
@@ -144,6 +147,16 @@ async fn the_daily_spend_cap_stops_shadowing() {
     let report = admin(admin_port).await;
     assert_eq!(chat_requests(&s.mock).len(), 3, "no shadow leg was sent");
     assert_eq!(report["stats"]["over_budget"], 3, "{report}");
+    // A model without a price would count as $0 against the budget: it is not sampled at all.
+    assert_eq!(
+        ask(&proxy, &question("sensitive", false), "k")
+            .await
+            .status(),
+        200
+    );
+    let report = admin(admin_port).await;
+    assert_eq!(chat_requests(&s.mock).len(), 4, "no shadow leg was sent");
+    assert_eq!(report["stats"]["unpriced"], 1, "{report}");
 }
 
 #[tokio::test]

@@ -47,10 +47,21 @@ pub struct Args {
     /// Layers offloaded to the GPU (`cuda` / `metal` builds).
     #[arg(long, default_value_t = 0)]
     gpu_layers: u32,
+    /// Listen on a non-loopback address without `--api-key-env` (something in front
+    /// authenticates); refused otherwise.
+    #[arg(long)]
+    allow_unauthenticated: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::init_logging(condenser::config::LogFormat::Text);
+    // Checked before the model loads: a refused start should not take seconds.
+    condenser::config::check_exposure(
+        condenser::config::Listener::ModelServer,
+        args.listen,
+        args.api_key_env.is_some(),
+        args.allow_unauthenticated,
+    )?;
     if let Some(lora) = &args.lora {
         condenser::lora::check_lora(&args.model, lora).context("--lora")?;
     }

@@ -1,11 +1,13 @@
 //! `[auth]`: the client keys condenser accepts, validated into SHA-256 digests (the keys
-//! themselves are read from the environment once and never kept), and the exposure rule: a
-//! non-loopback listener needs `[auth]` or an explicit `server.allow_unauthenticated = true`.
+//! themselves are read from the environment once and never kept), and the exposure rule: every
+//! non-loopback listener needs its authentication (`[auth]` for the API, the admin key for the
+//! admin listener, `--api-key-env` for `serve-model`) or an explicit opt-out.
 
 use std::net::SocketAddr;
 
 use sha2::{Digest, Sha256};
 
+use super::passthrough::PathRules;
 use super::raw::RawAuth;
 use super::ConfigError;
 
@@ -23,6 +25,12 @@ pub struct ClientKey {
     pub requests_per_minute: Option<u32>,
     /// Input tokens sent upstream per minute; `None`: no limit.
     pub input_tokens_per_minute: Option<u32>,
+    /// Passthrough endpoints it may use (`access`); `None`: none.
+    pub passthrough: Option<PathRules>,
+    /// May set `x-condenser-route`.
+    pub route_header: bool,
+    /// May set `x-condenser-compress`.
+    pub compress_header: bool,
 }
 
 impl std::fmt::Debug for ClientKey {
@@ -33,6 +41,9 @@ impl std::fmt::Debug for ClientKey {
             .field("max_in_flight", &self.max_in_flight)
             .field("requests_per_minute", &self.requests_per_minute)
             .field("input_tokens_per_minute", &self.input_tokens_per_minute)
+            .field("passthrough", &self.passthrough.as_ref().map(|p| &p.source))
+            .field("route_header", &self.route_header)
+            .field("compress_header", &self.compress_header)
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +110,11 @@ pub(super) fn validate_auth(
                 "limits must be > 0 (leave a limit out for none)",
             ));
         }
+        let passthrough = key
+            .passthrough
+            .as_ref()
+            .map(|rules| PathRules::parse(rules, &field("passthrough")))
+            .transpose()?;
         keys.push(ClientKey {
             name: key.name.clone(),
             digest,
@@ -106,6 +122,9 @@ pub(super) fn validate_auth(
             max_in_flight: key.max_in_flight,
             requests_per_minute: key.requests_per_minute,
             input_tokens_per_minute: key.input_tokens_per_minute,
+            passthrough,
+            route_header: key.route_header,
+            compress_header: key.compress_header,
         });
     }
     Ok(keys)
@@ -122,21 +141,61 @@ fn parse_hex(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Refuses a non-loopback listener without client authentication, unless explicitly allowed.
+/// A listener condenser opens, for the exposure rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `server.listen`: the API, authenticated by `[auth]`.
+    Public,
+    /// `server.admin_listen`: `/admin/*` and `/metrics`, authenticated by `server.admin_key_env`.
+    Admin,
+    /// `condenser serve-model --listen`: authenticated by its `--api-key-env`.
+    ModelServer,
+}
+
+impl Listener {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Public => "server.listen",
+            Self::Admin => "server.admin_listen",
+            Self::ModelServer => "--listen",
+        }
+    }
+
+    fn remedy(self) -> &'static str {
+        match self {
+            Self::Public => {
+                "anyone could spend the configured provider keys. Add [auth] with client keys, or \
+                 set server.allow_unauthenticated = true if something in front authenticates"
+            }
+            Self::Admin => {
+                "anyone could read the shadow samples and change routes. Set \
+                 server.admin_key_env, or set server.allow_unauthenticated = true if something \
+                 in front authenticates"
+            }
+            Self::ModelServer => {
+                "anyone could use the model. Pass --api-key-env, or --allow-unauthenticated if \
+                 something in front authenticates"
+            }
+        }
+    }
+}
+
+/// Refuses a non-loopback listener without authentication, unless explicitly allowed. Every
+/// listener is checked: a wildcard address (`0.0.0.0`, `[::]`) is reachable from other machines.
 pub fn check_exposure(
-    listen: SocketAddr,
+    listener: Listener,
+    addr: SocketAddr,
     authenticated: bool,
     allow_unauthenticated: bool,
 ) -> Result<(), ConfigError> {
-    if listen.ip().is_loopback() || authenticated || allow_unauthenticated {
+    if addr.ip().is_loopback() || authenticated || allow_unauthenticated {
         return Ok(());
     }
     Err(ConfigError::invalid(
-        "server.listen",
+        listener.key(),
         format!(
-            "{listen} is reachable from other machines and there is no [auth]: anyone could spend \
-             the configured provider keys. Add [auth] with client keys, or set \
-             server.allow_unauthenticated = true if something in front authenticates"
+            "{addr} is reachable from other machines and nothing authenticates its clients: {}",
+            listener.remedy()
         ),
     ))
 }
@@ -153,9 +212,12 @@ mod tests {
         assert_eq!(parse_hex("abc"), None);
         let open: SocketAddr = "0.0.0.0:8787".parse().expect("addr");
         let local: SocketAddr = "127.0.0.1:8787".parse().expect("addr");
-        assert!(check_exposure(open, false, false).is_err());
-        assert!(check_exposure(open, true, false).is_ok());
-        assert!(check_exposure(open, false, true).is_ok());
-        assert!(check_exposure(local, false, false).is_ok());
+        for listener in [Listener::Public, Listener::Admin, Listener::ModelServer] {
+            let err = check_exposure(listener, open, false, false).expect_err("open");
+            assert!(err.to_string().starts_with(listener.key()), "{err}");
+            assert!(check_exposure(listener, open, true, false).is_ok());
+            assert!(check_exposure(listener, open, false, true).is_ok());
+            assert!(check_exposure(listener, local, false, false).is_ok());
+        }
     }
 }

@@ -35,10 +35,18 @@ pub(super) fn validate_shared_cache(
             ))
         }
     };
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+    if url.starts_with("rediss://") {
+        // The redis crate is built without TLS here: accepting the URL would connect in clear.
         return Err(ConfigError::invalid(
             "shared_cache.url",
-            "must be a redis:// or rediss:// URL",
+            "rediss:// (TLS) is not supported by this build; use redis:// over a private \
+             network or a TLS tunnel (SECURITY.md)",
+        ));
+    }
+    if !url.starts_with("redis://") {
+        return Err(ConfigError::invalid(
+            "shared_cache.url",
+            "must be a redis:// URL",
         ));
     }
     for (key, value) in [

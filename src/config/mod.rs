@@ -7,6 +7,7 @@ mod auth;
 mod cache;
 mod compressors;
 mod env;
+mod passthrough;
 mod paths;
 mod raw;
 mod shadow;
@@ -17,7 +18,8 @@ mod validate;
 use std::path::Path;
 
 pub use crate::compress::{CompressionMode, CompressorKind, ModelSettings, Role};
-pub use auth::{check_exposure, digest, ClientKey};
+pub use auth::{check_exposure, digest, ClientKey, Listener};
+pub use passthrough::PathRules;
 pub use raw::{LogFormat, UpstreamKind};
 pub use raw::{
     RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer, RawTelemetry,

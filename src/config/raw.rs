@@ -85,10 +85,19 @@ pub struct RawClientKey {
     pub max_in_flight: Option<usize>,
     /// Requests per minute (a token bucket: bursts up to this many); more get 429.
     pub requests_per_minute: Option<u32>,
-    /// Input tokens sent upstream per minute (after compression, as providers bill them): a
-    /// request is admitted while the key's bucket is positive and its tokens are taken once
-    /// counted, so one large request may overdraw it; the key then waits (429) until it refills.
+    /// Input tokens sent upstream per minute (after compression, as providers bill them): an
+    /// estimate (body bytes / 4) is reserved at admission, so concurrent requests see each
+    /// other, and settled to the tokens sent when the request ends, however it ends.
     pub input_tokens_per_minute: Option<u32>,
+    /// Passthrough endpoints this key may use (`"METHOD /v1/path"` globs), on routes whose own
+    /// `passthrough` list also allows them; absent: none.
+    pub passthrough: Option<Vec<String>>,
+    /// May pick a route by name with `x-condenser-route` (the route must still serve the model).
+    #[serde(default)]
+    pub route_header: bool,
+    /// May override the route's compression with `x-condenser-compress`.
+    #[serde(default)]
+    pub compress_header: bool,
 }
 
 /// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
@@ -218,6 +227,11 @@ pub struct RawServer {
     pub max_messages: usize,
     /// Folders model and adapter files may be loaded from (`config::paths`).
     pub model_dirs: Vec<String>,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout_seconds: u64,
+    /// Longest the whole request body may take to arrive (408 after); also the longest wait
+    /// for any one read of the connection.
+    pub body_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +272,8 @@ impl Default for RawServer {
             max_header_bytes: 64 * 1024,
             max_messages: 10_000,
             model_dirs: vec!["models".into(), "adapters".into()],
+            keepalive_timeout_seconds: 60,
+            body_timeout_seconds: 60,
         }
     }
 }
@@ -361,6 +377,9 @@ pub struct RawRoute {
     #[serde(default)]
     pub compression: RawCompression,
     pub shadow: Option<RawRouteShadow>,
+    /// Other `/v1/*` endpoints forwarded through this route with its upstream's key
+    /// (`"METHOD /v1/path"` globs, `access`); absent: all without `[auth]`, none with it.
+    pub passthrough: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -386,6 +405,9 @@ pub struct RawCompression {
     pub min_samples: usize,
     /// Auto rollout: pass rate (net of the noise floor) compression must keep.
     pub min_pass_rate: f64,
+    /// Largest request (bytes of message text) compressed; a bigger one is forwarded as sent,
+    /// so one huge request cannot hold a compressor for seconds.
+    pub max_bytes: usize,
 }
 
 impl Default for RawCompression {
@@ -401,6 +423,7 @@ impl Default for RawCompression {
             rollout: RawRollout::Manual,
             min_samples: 50,
             min_pass_rate: 0.95,
+            max_bytes: 512 * 1024,
         }
     }
 }

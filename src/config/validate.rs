@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::auth::{check_exposure, validate_auth, ClientKey};
+use super::auth::{check_exposure, validate_auth, ClientKey, Listener};
 use super::cache::validate_shared_cache;
 use super::compressors::validate_local_model;
+use super::passthrough::PathRules;
 use super::paths::{confine, resolve_dirs};
 use super::raw::{LogFormat, RawCompression, RawConfig, RawServer, RawTelemetry};
 use super::shadow::{
@@ -62,6 +63,8 @@ pub struct ServerSettings {
     pub max_header_count: usize,
     pub max_header_bytes: usize,
     pub max_messages: usize,
+    pub keepalive_timeout_seconds: u64,
+    pub body_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +79,8 @@ pub struct Route {
     pub compression: CompressionSettings,
     /// `[routes.shadow]`: sampled requests also sent in their other version and compared.
     pub shadow: Option<RouteShadow>,
+    /// Other `/v1/*` endpoints forwarded through this route (`access::may_pass_through`).
+    pub passthrough: Option<PathRules>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +93,30 @@ pub struct CompressionSettings {
     pub timeout_ms: u64,
     pub mode: CompressionMode,
     pub rollout: Rollout,
+    /// Largest request (bytes of message text) compressed.
+    pub max_bytes: usize,
+}
+
+impl ServerSettings {
+    /// Refuses to serve with `admin_key_env` naming an unset variable: that used to leave the
+    /// admin API open for reads. Checked by `serve` and `check`, not by every reader of the
+    /// file (`condenser routes` and `report` need no admin key).
+    pub fn require_admin_key(&self) -> Result<(), ConfigError> {
+        match &self.admin_key_env {
+            Some(var) if std::env::var(var).map_or(true, |v| v.is_empty()) => {
+                Err(ConfigError::invalid(
+                    "server.admin_key_env",
+                    format!("the variable {var} is not set"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// How long a request body may take to arrive.
+    pub fn body_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.body_timeout_seconds)
+    }
 }
 
 impl CompressionSettings {
@@ -193,6 +222,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 "needs a top-level [shadow] section (store, gates)",
             ));
         }
+        let passthrough = r
+            .passthrough
+            .as_ref()
+            .map(|rules| PathRules::parse(rules, &key("passthrough")))
+            .transpose()?;
         routes.push(Route {
             name: r.name.clone(),
             model_patterns: r.models.clone(),
@@ -201,6 +235,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             fallbacks,
             compression,
             shadow,
+            passthrough,
         });
     }
 
@@ -262,7 +297,26 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|a| validate_auth(a, &route_names))
         .transpose()?;
-    check_exposure(listen, auth.is_some(), raw.server.allow_unauthenticated)?;
+    let allow_open = raw.server.allow_unauthenticated;
+    check_exposure(Listener::Public, listen, auth.is_some(), allow_open)?;
+    if let Some(admin) = admin_listen {
+        let keyed = raw.server.admin_key_env.is_some();
+        check_exposure(Listener::Admin, admin, keyed, allow_open)?;
+    }
+    for (key, value) in [
+        (
+            "server.keepalive_timeout_seconds",
+            raw.server.keepalive_timeout_seconds,
+        ),
+        (
+            "server.body_timeout_seconds",
+            raw.server.body_timeout_seconds,
+        ),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::invalid(key, "must be > 0"));
+        }
+    }
 
     let default_route = match &raw.server.default_route {
         None => None,
@@ -291,6 +345,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             max_header_count: raw.server.max_header_count,
             max_header_bytes: raw.server.max_header_bytes,
             max_messages: raw.server.max_messages,
+            keepalive_timeout_seconds: raw.server.keepalive_timeout_seconds,
+            body_timeout_seconds: raw.server.body_timeout_seconds,
             tls: match &raw.server.tls {
                 None => None,
                 Some(tls) => Some(validate_tls(tls)?),
@@ -361,6 +417,7 @@ fn validate_compression(
         timeout_ms: raw.timeout_ms,
         mode: raw.mode,
         rollout: validate_rollout(raw.rollout, raw.min_samples, raw.min_pass_rate, key)?,
+        max_bytes: raw.max_bytes,
     })
 }
 

@@ -2,7 +2,14 @@
 //! anywhere (mid-line, mid-event, between `\r` and `\n`), so partial events are buffered until
 //! their terminating blank line arrives. Line ends are normalised as bytes arrive (`\r\n`, bare
 //! `\r` and `\n` all end a line, as the SSE spec says), and each feed scans only the bytes it has
-//! not scanned before, so a long event costs linear time however finely it is chunked.
+//! not scanned before, so a long event costs linear time however finely it is chunked. One event
+//! may hold at most [`MAX_EVENT_BYTES`]: a longer one is dropped whole (its bytes discarded up
+//! to its blank line), so an upstream that never ends an event cannot grow the buffer without
+//! bound.
+
+/// Largest event kept (a provider's events are a few KiB; a whole non-streamed answer is far
+/// below this).
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
@@ -18,6 +25,8 @@ pub struct SseParser {
     scanned: usize,
     /// The last byte was a `\r`: a `\n` right after it belongs to the same line end.
     after_cr: bool,
+    /// An event outgrew [`MAX_EVENT_BYTES`]: bytes are dropped until its blank line.
+    discarding: bool,
 }
 
 impl SseParser {
@@ -44,11 +53,20 @@ impl SseParser {
                 .position(|w| w == b"\n\n")
                 .map(|p| from + p)
             else {
+                if self.discarding || self.buffer.len() > MAX_EVENT_BYTES {
+                    // Keep the last byte: a blank line may straddle this chunk's end.
+                    let keep = self.buffer.len().saturating_sub(1);
+                    self.buffer.drain(..keep);
+                    self.discarding = true;
+                }
                 self.scanned = self.buffer.len();
                 break;
             };
             let raw: Vec<u8> = self.buffer.drain(..at + 2).take(at).collect();
             self.scanned = 0;
+            if std::mem::take(&mut self.discarding) {
+                continue;
+            }
             if let Some(event) = parse_event(&String::from_utf8_lossy(&raw)) {
                 events.push(event);
             }
@@ -130,6 +148,25 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].data.len(), payload.len());
         assert!(parser.pending().is_empty());
+    }
+
+    #[test]
+    fn an_endless_event_is_dropped_not_buffered() {
+        let mut parser = SseParser::default();
+        let chunk = vec![b'x'; 1024 * 1024];
+        assert!(parser.feed(b"data: ").is_empty());
+        for _ in 0..(MAX_EVENT_BYTES / chunk.len() + 4) {
+            assert!(parser.feed(&chunk).is_empty());
+        }
+        assert!(
+            parser.pending().len() <= chunk.len() + 8,
+            "{}",
+            parser.pending().len()
+        );
+        // The oversized event ends; the next one is parsed normally.
+        let events = parser.feed(b"\n\ndata: {\"ok\":true}\n\n");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data, "{\"ok\":true}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct RequestLog {
     pub admission: Option<super::limits::Admission>,
     pub compressor: Option<&'static str>,
     pub tokens: Option<(usize, usize)>,
+    /// Input tokens that went upstream, answered or not (for the key's token rate limit).
+    pub sent_tokens: Option<usize>,
     pub error: Option<String>,
     /// Errors on the Anthropic-native front door are written in Anthropic's shape.
     pub anthropic_errors: bool,
@@ -41,6 +43,7 @@ impl RequestLog {
             admission: None,
             compressor: None,
             tokens: None,
+            sent_tokens: None,
             error: None,
             anthropic_errors: false,
         }
@@ -78,10 +81,10 @@ impl RequestLog {
             .collect()
     }
 
-    /// Charges the input tokens sent upstream to the client key's token rate limit.
+    /// Settles the client key's token reservation to the input tokens sent upstream.
     pub fn charge_rate_limits(&self) {
-        if let (Some(admission), Some((_, sent))) = (&self.admission, self.tokens) {
-            admission.charge_input_tokens(sent);
+        if let Some(admission) = &self.admission {
+            admission.settle_input_tokens(self.sent_tokens.or(self.tokens.map(|(_, sent)| sent)));
         }
     }
 

@@ -5,8 +5,10 @@
 //! - `POST /admin/reload`: re-read `proxy.toml` (also on `SIGHUP`);
 //! - `GET /admin/shadow[?route=R&since=MS]`: the shadow report as JSON.
 //!
-//! With `server.admin_key_env` set, every `/admin/*` request needs `Authorization: Bearer` with
-//! that key (compared in constant time); without it the admin API is read-only.
+//! With `server.admin_key_env` set (its variable must be set too, or condenser does not start),
+//! every `/admin/*` request needs `Authorization: Bearer` with that key, compared as SHA-256
+//! digests in constant time. Without it the admin API is read-only, the listener must be
+//! loopback, and the shadow report leaves out the sampled prompts and answers.
 
 use pingora::proxy::Session;
 use serde_json::{json, Value};
@@ -16,20 +18,22 @@ use super::request::{header_str, read_whole};
 use super::state::AppState;
 use crate::control::ControlError;
 use crate::error::ProxyError;
+use crate::shadow::report::RouteReport;
 use crate::shadow::Shadow;
 
 /// Largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 
-/// The admin key from `server.admin_key_env`, read once at start-up.
-pub struct AdminKey(Option<String>);
+/// The admin key's digest, from `server.admin_key_env`, read once at start-up.
+pub struct AdminKey(Option<[u8; 32]>);
 
 impl AdminKey {
     pub fn from_env(variable: Option<&str>) -> Self {
         Self(
             variable
                 .and_then(|v| std::env::var(v).ok())
-                .filter(|k| !k.is_empty()),
+                .filter(|k| !k.is_empty())
+                .map(|k| crate::config::digest(&k)),
         )
     }
 
@@ -46,11 +50,17 @@ impl AdminKey {
         let sent = header_str(session, "authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        if constant_time_eq(sent.as_bytes(), key.as_bytes()) {
+        // Digests have one length: the comparison's time says nothing about the key's.
+        if constant_time_eq(&crate::config::digest(sent), key) {
             Ok(())
         } else {
             Err(ProxyError::AdminUnauthorized)
         }
+    }
+
+    /// Whether requests prove who they are (a key is configured).
+    fn keyed(&self) -> bool {
+        self.0.is_some()
     }
 }
 
@@ -87,7 +97,12 @@ pub async fn handle(
         }
         ("PATCH", p) if p.starts_with("/admin/routes/") => {
             let name = percent_decode(&p["/admin/routes/".len()..])?;
-            let body = read_whole(session, ADMIN_BODY_LIMIT).await?;
+            let body = read_whole(
+                session,
+                ADMIN_BODY_LIMIT,
+                state.live().config.server.body_deadline(),
+            )
+            .await?;
             let patch: Value = serde_json::from_slice(&body)
                 .map_err(|e| ProxyError::MalformedJson(e.to_string()))?;
             let route = state.patch_route(&name, &patch).map_err(control_error)?;
@@ -95,14 +110,19 @@ pub async fn handle(
         }
         ("GET", "/admin/shadow") => {
             let shadow = state.shadow.as_ref().ok_or_else(not_found)?;
-            shadow_report(shadow, query.as_deref()).await
+            shadow_report(shadow, query.as_deref(), key.keyed()).await
         }
         _ => Err(not_found()),
     }
 }
 
-/// `GET /admin/shadow[?route=R&since=MS]`: the report as JSON.
-async fn shadow_report(shadow: &Shadow, query: Option<&str>) -> Result<Vec<u8>, ProxyError> {
+/// `GET /admin/shadow[?route=R&since=MS]`: the report as JSON; the worst examples' prompts and
+/// answers only when `with_content` (the request carried the admin key).
+async fn shadow_report(
+    shadow: &Shadow,
+    query: Option<&str>,
+    with_content: bool,
+) -> Result<Vec<u8>, ProxyError> {
     let mut route = None;
     let mut since = 0i64;
     for pair in query.unwrap_or_default().split('&') {
@@ -119,7 +139,13 @@ async fn shadow_report(shadow: &Shadow, query: Option<&str>) -> Result<Vec<u8>, 
     }
     // With the store down the counters still say what the shadow runtime is doing.
     let (routes, store_error) = match shadow.samples(route.as_deref(), since).await {
-        Ok(samples) => (json!(crate::shadow::report::summarise(&samples)), None),
+        Ok(samples) => {
+            let mut reports = crate::shadow::report::summarise(&samples);
+            if !with_content {
+                reports.iter_mut().for_each(RouteReport::drop_content);
+            }
+            (json!(reports), None)
+        }
         Err(error) => (serde_json::Value::Null, Some(error)),
     };
     let body = json!({

@@ -1,7 +1,7 @@
 //! Client authentication (`[auth]`): the client's key from `Authorization: Bearer` or
 //! `x-api-key` (the OpenAI and Anthropic SDKs' habits), hashed and compared in constant time
-//! with every configured key's SHA-256; the key's name goes to the access log, and its allowed
-//! routes are checked once the request is routed. With `[auth]` on, the client's key is never
+//! with every configured key's SHA-256; the key's name goes to the access log, and what it may
+//! reach is decided once the request is routed (`access`). With `[auth]` on, the client's key is never
 //! forwarded upstream (`Upstream` drops it): the configured provider key is used.
 
 use pingora::proxy::Session;
@@ -35,14 +35,4 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether `client` (when authentication is on) may use `route`.
-pub fn may_use(client: Option<&ClientKey>, route: &str) -> Result<(), ProxyError> {
-    match client.and_then(|c| c.routes.as_ref()) {
-        Some(allowed) if !allowed.iter().any(|r| r == route) => {
-            Err(ProxyError::RouteNotAllowed(route.to_string()))
-        }
-        _ => Ok(()),
-    }
 }

@@ -70,7 +70,8 @@ async fn prepare(
     session: &mut Session,
     log: &mut RequestLog,
 ) -> Result<Prepared, ProxyError> {
-    let raw = read_whole(session, live.config.server.max_body_bytes).await?;
+    let server = &live.config.server;
+    let raw = read_whole(session, server.max_body_bytes, server.body_deadline()).await?;
     let request = ChatRequest::parse(&raw)?;
     let max_messages = live.config.server.max_messages;
     if request.messages().len() > max_messages {
@@ -79,13 +80,15 @@ async fn prepare(
             request.messages().len()
         )));
     }
-    let route = live
-        .router
-        .select(header_str(session, headers::ROUTE), Some(&request.model))?;
+    let route = crate::access::route_for(
+        &live.router,
+        log.client.as_ref(),
+        header_str(session, headers::ROUTE),
+        Some(&request.model),
+    )?;
     let settings = &live.router.route(route).compression;
     let name = &live.router.route(route).name;
     log.route = Some(name.clone());
-    super::auth::may_use(log.client.as_ref(), name)?;
     // An auto-rollout route compresses while its shadow verdicts allow it.
     let enabled = match settings.rollout {
         Rollout::Manual => settings.enabled,
@@ -94,6 +97,9 @@ async fn prepare(
         }
     };
     let choice = header_str(session, headers::COMPRESS);
+    if choice.is_some() {
+        crate::access::may_choose_compression(log.client.as_ref())?;
+    }
     let compressor = requested_compressor(choice, enabled, settings.compressor)?;
     let tokenizer = Tokenizer::for_model(&request.model);
     Ok(Prepared {
@@ -215,10 +221,10 @@ pub async fn handle(
             route: &route.name,
         });
     }
-    let tokens = match &status {
-        Ok(_) => Some(accounting.resolve().await),
-        Err(_) => None,
-    };
+    // Whatever the outcome, the upstream may have read (and billed) what was sent.
+    let counted = accounting.resolve().await;
+    log.sent_tokens = Some(counted.1);
+    let tokens = status.is_ok().then_some(counted);
     if let Some(trace) = trace {
         let code = match &status {
             Ok(code) => *code,
@@ -251,7 +257,13 @@ async fn compress(
     tokenizer: Tokenizer,
 ) -> (CompressionOutcome, Option<JoinHandle<usize>>) {
     let settings = route.compression.pipeline();
-    let Some(kind) = compressor else {
+    // Compression plans on the I/O thread (it counts every text's tokens): a request over the
+    // route's `max_bytes` is forwarded as sent and counted on the blocking pool instead.
+    let within_cap = || {
+        let bytes: usize = texts_of(door, request).iter().map(|t| t.len()).sum();
+        bytes <= route.compression.max_bytes
+    };
+    let Some(kind) = compressor.filter(|_| within_cap()) else {
         return count_uncompressed(door, request, tokenizer);
     };
     let pipeline = &state.pipeline;
@@ -275,6 +287,18 @@ async fn compress(
     (outcome, None)
 }
 
+/// Every message text of the request, as its door reads them.
+fn texts_of(door: FrontDoor, request: &ChatRequest) -> Vec<&str> {
+    match door {
+        FrontDoor::ChatCompletions => request
+            .messages()
+            .iter()
+            .flat_map(|m| text_slots(m).into_iter().map(|(_, t)| t))
+            .collect(),
+        FrontDoor::AnthropicMessages => inbound::texts(&request.body),
+    }
+}
+
 /// The token count of an uncompressed request: inline when its texts are cached or short,
 /// otherwise started on the blocking pool (the count is pending in the second value).
 fn count_uncompressed(
@@ -282,14 +306,7 @@ fn count_uncompressed(
     request: &ChatRequest,
     tokenizer: Tokenizer,
 ) -> (CompressionOutcome, Option<JoinHandle<usize>>) {
-    let texts: Vec<&str> = match door {
-        FrontDoor::ChatCompletions => request
-            .messages()
-            .iter()
-            .flat_map(|m| text_slots(m).into_iter().map(|(_, t)| t))
-            .collect(),
-        FrontDoor::AnthropicMessages => inbound::texts(&request.body),
-    };
+    let texts = texts_of(door, request);
     // One cache lookup per text: cached counts are summed now, only the rest is counted.
     let mut known = 0;
     let mut uncached = Vec::new();

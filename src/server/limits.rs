@@ -8,10 +8,12 @@
 //!
 //! Input tokens are what is sent upstream, after compression — what the provider bills. They
 //! are known only once the request is read and compressed (and, uncompressed, counted off the
-//! I/O thread), so admission asks only that the key's bucket be positive and the request's
-//! tokens are taken when it ends: one large request may overdraw the bucket, and the key then
-//! waits until it has refilled. A limit checked on an estimate before reading would be either
-//! wrong or a second tokenisation on the hot path.
+//! I/O thread), so admission asks that the key's bucket be positive and **reserves an estimate**
+//! (declared body bytes / 4): requests admitted at the same time see each other's reservations,
+//! instead of all passing on one full bucket. When the request ends, however it ends (answered,
+//! failed, cut by the client, passed through), the reservation is **settled** to the tokens
+//! sent upstream when they were counted, or else kept as charged. One large request may still
+//! overdraw the bucket; the key then waits until it has refilled.
 //!
 //! With `[shared_cache]` (and its `rate_limits`, on by default) the rate buckets are shared by
 //! every replica through Redis (`shared_limits`): admission stays a local decision on the hot
@@ -142,19 +144,23 @@ pub struct Admission {
     _places: Vec<OwnedSemaphorePermit>,
     /// The request-rate and input-token states after admission.
     pub rates: Vec<RateState>,
-    /// The key's input-token bucket, charged when the request ends.
+    /// The key's input-token bucket, settled when the request ends.
     input_tokens: Option<Arc<Mutex<Bucket>>>,
+    /// Input tokens taken from it at admission.
+    reserved: f64,
 }
 
 impl Admission {
-    /// Charges the request's input tokens (sent upstream) to its key's bucket.
-    pub fn charge_input_tokens(&self, tokens: usize) {
-        if let Some(bucket) = &self.input_tokens {
-            bucket
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .charge(tokens as f64);
-        }
+    /// Settles the reservation: the bucket is charged `sent` input tokens (what went upstream)
+    /// in all; with no count, the reservation stands as the charge.
+    pub fn settle_input_tokens(&self, sent: Option<usize>) {
+        let (Some(bucket), Some(sent)) = (&self.input_tokens, sent) else {
+            return;
+        };
+        bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .charge(sent as f64 - self.reserved);
     }
 }
 
@@ -203,9 +209,14 @@ impl Limits {
         Self { total, keys }
     }
 
-    /// Admits a request of `client`, or says why not (503 over a concurrency limit, 429 over
+    /// Admits a request of `client` expected to send about `estimate` input tokens (reserved
+    /// from the key's token bucket), or says why not (503 over a concurrency limit, 429 over
     /// the key's rate).
-    pub fn admit(&self, client: Option<&ClientKey>) -> Result<Admission, ProxyError> {
+    pub fn admit(
+        &self,
+        client: Option<&ClientKey>,
+        estimate: usize,
+    ) -> Result<Admission, ProxyError> {
         let mut places = Vec::new();
         if let Some(total) = &self.total {
             places.push(
@@ -220,6 +231,7 @@ impl Limits {
                 _places: places,
                 rates: Vec::new(),
                 input_tokens: None,
+                reserved: 0.0,
             });
         };
         if let Some(in_flight) = &limits.in_flight {
@@ -245,7 +257,7 @@ impl Limits {
             let unit = RateUnit::Tokens;
             rates.push(
                 bucket
-                    .admit(unit, 1.0, 0.0)
+                    .admit(unit, 1.0, estimate as f64)
                     .map_err(limited(unit, &bucket))?,
             );
         }
@@ -257,10 +269,16 @@ impl Limits {
                     .map_err(limited(RateUnit::Requests, &bucket))?,
             );
         }
+        let reserved = if limits.input_tokens.is_some() {
+            estimate as f64
+        } else {
+            0.0
+        };
         Ok(Admission {
             _places: places,
             rates,
             input_tokens: limits.input_tokens.clone(),
+            reserved,
         })
     }
 }
@@ -290,5 +308,21 @@ mod tests {
             .expect_err("in debt");
         assert!((89..=91).contains(&retry), "{retry}");
         assert_eq!(bucket.state(RateUnit::Tokens).remaining, 0);
+    }
+
+    #[test]
+    fn a_reservation_is_seen_at_once_and_settled_to_what_was_sent() {
+        let mut bucket = Bucket::new(600);
+        // Two requests admitted together: the second sees the first's reservation.
+        let first = bucket.admit(RateUnit::Tokens, 1.0, 400.0).expect("full");
+        assert_eq!(first.remaining, 200);
+        let second = bucket
+            .admit(RateUnit::Tokens, 1.0, 400.0)
+            .expect("positive");
+        assert_eq!(second.remaining, 0);
+        assert!(bucket.admit(RateUnit::Tokens, 1.0, 1.0).is_err(), "in debt");
+        // The first sent only 100 (compressed): 300 come back.
+        bucket.charge(100.0 - 400.0);
+        assert!((99..=101).contains(&bucket.state(RateUnit::Tokens).remaining));
     }
 }

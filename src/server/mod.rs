@@ -20,6 +20,7 @@ mod codec;
 pub mod deployment;
 mod forward;
 mod front_door;
+mod header_policy;
 mod health;
 mod judge;
 mod limits;

@@ -1,6 +1,8 @@
 //! Every other `/v1/*` endpoint (embeddings, files, audio, responses, ...): forwarded unchanged to
-//! the route's upstream. The body is read whole (under the same cap) so a JSON `model` can pick
-//! the route and a stale pooled connection can be retried safely.
+//! the route's upstream when the route's and the client key's allowlists allow it
+//! (`access::may_pass_through`). The body is read whole (under the same cap and deadline) so a
+//! JSON `model` can pick the route and a stale pooled connection can be retried safely; its
+//! bytes / 4 are charged to the key's input-token limit.
 
 use pingora::proxy::Session;
 
@@ -18,17 +20,30 @@ pub async fn handle(
     log: &mut RequestLog,
 ) -> Result<(), ExchangeError> {
     let before = ExchangeError::BeforeResponse;
-    let raw = read_whole(session, live.config.server.max_body_bytes)
+    let server = &live.config.server;
+    let raw = read_whole(session, server.max_body_bytes, server.body_deadline())
         .await
         .map_err(before)?;
+    log.sent_tokens = Some(raw.len() / 4);
     let model = model_of(&raw);
-    let route_index = live
-        .router
-        .select(header_str(session, headers::ROUTE), model.as_deref())
-        .map_err(before)?;
+    let route_index = crate::access::route_for(
+        &live.router,
+        log.client.as_ref(),
+        header_str(session, headers::ROUTE),
+        model.as_deref(),
+    )
+    .map_err(before)?;
     let route = live.router.route(route_index);
     log.route = Some(route.name.clone());
-    super::auth::may_use(log.client.as_ref(), &route.name).map_err(before)?;
+    let header = session.req_header();
+    crate::access::may_pass_through(
+        route,
+        live.config.auth.is_some(),
+        log.client.as_ref(),
+        header.method.as_str(),
+        header.uri.path(),
+    )
+    .map_err(before)?;
     let upstream = &live.upstreams[route.upstream];
     log.upstream = Some(upstream.name().to_string());
     let target = upstream.target(&[]);

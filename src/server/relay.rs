@@ -27,6 +27,15 @@ pub(super) const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// What goes on the client's response besides the upstream's headers.
+#[derive(Clone, Copy)]
+pub struct Extra<'a> {
+    /// condenser's own headers (`x-condenser-*`, the key's `x-ratelimit-*`).
+    pub headers: &'a [(&'static str, String)],
+    /// The call used the operator's key: the provider's account headers stay behind.
+    pub operator_key: bool,
+}
+
 /// Where an exchange failed: before anything reached the client (answer with a JSON error), or
 /// after the response started (the only honest signal left is closing the connection).
 #[derive(Debug)]
@@ -123,20 +132,26 @@ fn upstream_header(upstream: &str, up: &HttpSession) -> Result<ResponseHeader, E
         .ok_or_else(|| protocol(upstream, "no response header".into()))
 }
 
-/// Upstream headers minus hop-by-hop ones and minus `skip`, then `set` and `extra` on top.
+/// Upstream headers minus hop-by-hop ones and minus `skip` (and, for a call made with the
+/// operator's key, every one `header_policy` keeps back), then `set` and `extra` on top.
 fn copy_headers(
     upstream: &ResponseHeader,
     skip: &[&str],
     set: &[(&'static str, String)],
-    extra: &[(&'static str, String)],
+    extra: &Extra<'_>,
 ) -> pingora::Result<ResponseHeader> {
+    let Extra {
+        headers: extra,
+        operator_key,
+    } = *extra;
     let mut resp = ResponseHeader::build(
         upstream.status,
         Some(upstream.headers.len() + extra.len() + 2),
     )?;
     for (name, value) in upstream.headers.iter() {
         let n = name.as_str();
-        if !HOP_BY_HOP.contains(&n) && !skip.contains(&n) {
+        let private = operator_key && !super::header_policy::forwards_response(n);
+        if !HOP_BY_HOP.contains(&n) && !skip.contains(&n) && !private {
             resp.append_header(name.clone(), value.clone())?;
         }
     }
@@ -152,7 +167,7 @@ pub async fn relay(
     upstream: &str,
     up: &mut HttpSession,
     client: &mut Session,
-    extra: &[(&'static str, String)],
+    extra: &Extra<'_>,
     mut capture: Option<&mut Capture>,
 ) -> Result<Written, ExchangeError> {
     let header = upstream_header(upstream, up)?;
@@ -221,7 +236,7 @@ pub async fn translate(
     upstream: &str,
     up: &mut HttpSession,
     client: &mut Session,
-    extra: &[(&'static str, String)],
+    extra: &Extra<'_>,
     t: Translation,
     mut capture: Option<&mut Capture>,
 ) -> Result<Written, ExchangeError> {

@@ -28,14 +28,15 @@ const JUDGE_REPLY_TOKENS: u64 = 100;
 
 /// What shadowing this request may cost, before the exact counts exist: per compared pair (one,
 /// two with the noise floor) a background leg priced from the body size (about 4 bytes per
-/// token) and a judge call priced from the request text and two answers.
+/// token) and a judge call priced from the request text and two answers; `None` when the model
+/// or the judge has no price.
 fn estimate_cost(
     shadow: &Shadow,
     route: &Route,
     model: &str,
     request_text: &str,
     body_len: usize,
-) -> f64 {
+) -> Option<f64> {
     let settings = shadow.settings();
     let pairs = 1.0
         + f64::from(u8::from(
@@ -44,19 +45,20 @@ fn estimate_cost(
     let tokens = |input: u64, output: u64, price: RawPrice| {
         (input as f64 * price.input + output as f64 * price.output) / 1e6
     };
-    let leg = settings.price(model).map_or(0.0, |p| {
-        tokens((body_len / 4) as u64, ESTIMATED_ANSWER_TOKENS, p)
-    });
-    let judge = settings
-        .judge_model
-        .as_deref()
-        .and_then(|model| settings.price(model))
-        .map_or(0.0, |p| {
+    let leg = tokens(
+        (body_len / 4) as u64,
+        ESTIMATED_ANSWER_TOKENS,
+        settings.price(model)?,
+    );
+    let judge = match settings.judge_model.as_deref() {
+        None => 0.0,
+        Some(judge) => {
             let request_tokens = (request_text.len() / 4) as u64;
             let prompt = JUDGE_RUBRIC_TOKENS + request_tokens + 2 * ESTIMATED_ANSWER_TOKENS;
-            tokens(prompt, JUDGE_REPLY_TOKENS, p)
-        });
-    pairs * (leg + judge)
+            tokens(prompt, JUDGE_REPLY_TOKENS, settings.price(judge)?)
+        }
+    };
+    Some(pairs * (leg + judge))
 }
 
 /// A request chosen for shadowing, with its budget reserved, before compression.

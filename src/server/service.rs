@@ -1,7 +1,9 @@
-//! The pingora `ProxyHttp` implementation: dispatch on method and path, errors written in the
-//! client's dialect, and the access-log hook.
+//! The pingora `ProxyHttp` implementation: dispatch on method and path (one service per listener:
+//! the public API or the admin endpoints), errors written in the client's dialect, and the
+//! access-log hook.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::prelude::HttpPeer;
@@ -13,17 +15,25 @@ use super::codec::FrontDoor;
 use super::relay::ExchangeError;
 use super::state::{AppState, Live};
 use super::{admin, auth, front_door, health, passthrough, reply};
+use crate::config::Listener;
 use crate::error::ProxyError;
 
 pub struct Condenser {
     state: Arc<AppState>,
     admin_key: admin::AdminKey,
+    /// Which listener this service answers: the admin service serves only the admin
+    /// endpoints, whatever address it is bound to (a wildcard one included).
+    listener: Listener,
 }
 
 impl Condenser {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(state: Arc<AppState>, listener: Listener) -> Self {
         let admin_key = admin::AdminKey::from_env(state.server.admin_key_env.as_deref());
-        Self { state, admin_key }
+        Self {
+            state,
+            admin_key,
+            listener,
+        }
     }
 
     async fn dispatch(
@@ -32,48 +42,60 @@ impl Condenser {
         log: &mut RequestLog,
     ) -> Result<(), ExchangeError> {
         let state = &self.state;
-        let header = session.req_header();
-        let not_found = || {
-            ExchangeError::BeforeResponse(ProxyError::NotFound {
-                method: header.method.to_string(),
-                path: header.uri.path().to_string(),
-            })
-        };
-        let on_admin = self.on_admin_listener(session);
         // One configuration snapshot serves the whole request, admission included: a reload
         // in between cannot admit it under one set of keys and route it under another.
         let live = state.live();
-        if header.uri.path().starts_with("/v1/") && !on_admin {
-            Self::admit(&live, session, log).map_err(ExchangeError::BeforeResponse)?;
-        }
-        match (header.method.as_str(), header.uri.path()) {
-            ("GET", "/healthz") => {
-                let body = health::healthz_body(&state.pipeline);
-                self.reply(session, log, 200, body).await
-            }
-            ("GET", "/readyz") => {
+        let server = &live.config.server;
+        // Bounds on a slow client: the wait for its next request on this connection, and for
+        // each read of the body (the whole body's deadline is `read_whole`'s).
+        session.set_keepalive(Some(server.keepalive_timeout_seconds));
+        session.set_read_timeout(Some(Duration::from_secs(server.body_timeout_seconds)));
+        let header = session.req_header();
+        let path = header.uri.path().to_string();
+        let method = header.method.to_string();
+        crate::access::check_path(&path).map_err(|e| ExchangeError::BeforeResponse(e.into()))?;
+        let not_found = || {
+            ExchangeError::BeforeResponse(ProxyError::NotFound {
+                method: method.clone(),
+                path: crate::error::clip(&path).to_string(),
+            })
+        };
+        if let ("GET", "/healthz" | "/readyz") = (method.as_str(), path.as_str()) {
+            let body = if path == "/healthz" {
+                health::healthz_body(&state.pipeline)
+            } else {
                 let compressors = state.pipeline.compressor_names();
-                let body = health::readyz_body(&compressors, state.shadow.is_some());
-                self.reply(session, log, 200, body).await
-            }
-            ("GET", "/metrics") if on_admin => {
-                let body = health::metrics_body(&state.pipeline);
-                log.status = 200;
-                reply::text(session, 200, "text/plain; version=0.0.4", body)
-                    .await
-                    .map_err(|e| ExchangeError::AfterResponse(e.to_string()))
-            }
+                health::readyz_body(&compressors, state.shadow.is_some())
+            };
+            return self.reply(session, log, 200, body).await;
+        }
+        if self.listener == Listener::Admin {
+            return match (method.as_str(), path.as_str()) {
+                ("GET", "/metrics") => {
+                    let body = health::metrics_body(&state.pipeline);
+                    log.status = 200;
+                    reply::text(session, 200, "text/plain; version=0.0.4", body)
+                        .await
+                        .map_err(|e| ExchangeError::AfterResponse(e.to_string()))
+                }
+                (_, p) if p.starts_with("/admin/") => {
+                    let body = admin::handle(state, &self.admin_key, session)
+                        .await
+                        .map_err(ExchangeError::BeforeResponse)?;
+                    self.reply(session, log, 200, body).await
+                }
+                _ => Err(not_found()),
+            };
+        }
+        if !path.starts_with("/v1/") {
+            return Err(not_found());
+        }
+        Self::admit(&live, session, log).map_err(ExchangeError::BeforeResponse)?;
+        match (method.as_str(), path.as_str()) {
             ("GET", "/v1/models") => {
                 let body = live.models_body.clone();
                 self.reply(session, log, 200, body).await
             }
-            (_, p) if on_admin && p.starts_with("/admin/") => {
-                let body = admin::handle(state, &self.admin_key, session)
-                    .await
-                    .map_err(ExchangeError::BeforeResponse)?;
-                self.reply(session, log, 200, body).await
-            }
-            (_, p) if on_admin || p.starts_with("/admin/") => Err(not_found()),
             ("POST", "/v1/chat/completions") => {
                 front_door::handle(state, live, session, log, FrontDoor::ChatCompletions).await
             }
@@ -81,10 +103,7 @@ impl Condenser {
                 log.anthropic_errors = true;
                 front_door::handle(state, live, session, log, FrontDoor::AnthropicMessages).await
             }
-            (_, p) if p.starts_with("/v1/") => {
-                passthrough::handle(state, &live, session, log).await
-            }
-            _ => Err(not_found()),
+            _ => passthrough::handle(state, &live, session, log).await,
         }
     }
 
@@ -117,19 +136,9 @@ impl Condenser {
         if let Some(keys) = &live.config.auth {
             log.client = Some(auth::authenticate(session, keys)?);
         }
-        log.admission = Some(live.limits.admit(log.client.as_ref())?);
+        let estimate = super::request::declared_length(session).unwrap_or(0) / 4;
+        log.admission = Some(live.limits.admit(log.client.as_ref(), estimate)?);
         Ok(())
-    }
-
-    /// Admin endpoints answer only on `server.admin_listen`, never on the public listener.
-    fn on_admin_listener(&self, session: &Session) -> bool {
-        let Some(admin) = self.state.server.admin_listen else {
-            return false;
-        };
-        session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .is_some_and(|a| *a == admin)
     }
 
     async fn reply(

@@ -218,6 +218,15 @@ impl AppState {
             )));
         };
         let next = config::load(path)?;
+        // The file was checked against the address it names; the socket bound is the one at
+        // start-up (perhaps from `--listen`), and a reload cannot rebind it: a reload that
+        // drops `[auth]` while a public address stays bound is refused.
+        config::check_exposure(
+            config::Listener::Public,
+            self.server.listen,
+            next.auth.is_some(),
+            next.server.allow_unauthenticated,
+        )?;
         for (i, route) in next.routes.iter().enumerate() {
             if !self.pipeline.has(route.compression.compressor) {
                 let name = route.compression.compressor.name();

@@ -16,6 +16,7 @@ use pingora::{Error, ErrorType};
 
 use super::accounting::Accounting;
 use super::deployment::{self, Deployment, InFlight};
+use super::header_policy;
 use super::relay::{self, ExchangeError, ResponseMode, HOP_BY_HOP};
 use crate::config::UpstreamSettings;
 use crate::error::ProxyError;
@@ -65,6 +66,9 @@ pub struct Retry {
     /// The delay before the next attempt, unless a 429 says `Retry-After`.
     pub backoff: Duration,
 }
+
+/// Longest `Retry-After` taken at its word, in seconds (a day).
+const MAX_RETRY_AFTER_S: u64 = 86_400;
 
 /// Statuses worth another attempt: the upstream is limiting or failing, and has not answered.
 const RETRYABLE: &[u16] = &[429, 500, 502, 503, 504];
@@ -196,7 +200,8 @@ impl Target<'_> {
         Ok(peer)
     }
 
-    /// The upstream request: the client's headers minus hop-by-hop and `x-condenser-*`, with
+    /// The upstream request: the client's headers minus hop-by-hop and `x-condenser-*` (with the
+    /// operator's key, only those `header_policy` allows), with
     /// `Host`, `Content-Length`, the provider's required headers (unless the client sent them)
     /// and the key in the provider's header: the configured key, else the client's bearer token.
     /// `path` is below the API's base path; the deployment's own goes in front.
@@ -237,7 +242,8 @@ impl Target<'_> {
                 || matches!(n, "host" | "content-length" | "expect")
                 || n.starts_with(crate::openai::headers::PREFIX)
                 || (n == "accept-encoding" && !keep_accept_encoding)
-                || drop_client_auth(n);
+                || drop_client_auth(n)
+                || (configured && !header_policy::forwards_request(n));
             if !skip {
                 let _ = req.append_header(name.clone(), value.clone());
             }
@@ -287,7 +293,13 @@ impl Target<'_> {
             capture,
             retry,
         } = reply;
-        let fits = |delay: Duration| retry.filter(|r| Instant::now() + delay < r.deadline);
+        let fits = |delay: Duration| {
+            retry.filter(|r| {
+                Instant::now()
+                    .checked_add(delay)
+                    .is_some_and(|at| at < r.deadline)
+            })
+        };
         let peer = self.peer().await.map_err(ExchangeError::BeforeResponse)?;
         let started = Instant::now();
         let mut up = match self.send(connector, &peer, request, body).await {
@@ -314,11 +326,15 @@ impl Target<'_> {
             let status = header.map_or(0, |h| h.status.as_u16());
             if RETRYABLE.contains(&status) {
                 // A 429's Retry-After (seconds) is honoured when it fits the deadline.
+                // Capped: an absurd value (u64::MAX) would overflow `Instant + Duration`; one
+                // beyond the deadline is not waited for anyway.
                 let delay = header
                     .and_then(|h| h.headers.get("retry-after"))
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map_or(retry.backoff, Duration::from_secs);
+                    .map_or(retry.backoff, |s| {
+                        Duration::from_secs(s.min(MAX_RETRY_AFTER_S))
+                    });
                 if fits(delay).is_some() {
                     let error = ExchangeError::Retryable {
                         delay,
@@ -332,7 +348,10 @@ impl Target<'_> {
         if let Some(accounting) = accounting {
             extra.extend(accounting.headers().await);
         }
-        let extra = &extra;
+        let extra = &relay::Extra {
+            headers: &extra,
+            operator_key: self.deployment.api_key.is_some(),
+        };
         let relayed = match mode {
             ResponseMode::Relay => {
                 relay::relay(self.upstream.name(), &mut up, client, extra, capture).await

@@ -61,6 +61,9 @@ pub struct Pending {
 pub struct ShadowStats {
     pub sampled: AtomicU64,
     pub over_budget: AtomicU64,
+    /// Not sampled: the route has a daily budget and the model (or the judge's) has no price,
+    /// so the sample's cost could not be bounded.
+    pub unpriced: AtomicU64,
     pub dropped: AtomicU64,
     pub leg_failures: AtomicU64,
     pub stored: AtomicU64,
@@ -200,8 +203,14 @@ impl Shadow {
 
     /// Whether to shadow this request: the route samples it and its daily budget has room for
     /// its estimated cost, which is returned and stays reserved until the answers' usage
-    /// replaces it. `estimate_usd` runs only for a request the sample rate picked.
-    pub fn try_sample(&self, route: &Route, estimate_usd: impl FnOnce() -> f64) -> Option<f64> {
+    /// replaces it. `estimate_usd` runs only for a request the sample rate picked; `None` (an
+    /// unpriced model) is never sampled on a route with a budget, since its cost would count as
+    /// $0 and the budget would never stop it.
+    pub fn try_sample(
+        &self,
+        route: &Route,
+        estimate_usd: impl FnOnce() -> Option<f64>,
+    ) -> Option<f64> {
         let cfg = route.shadow.as_ref()?;
         if cfg.sample_rate <= 0.0 || fastrand::f64() >= cfg.sample_rate {
             return None;
@@ -217,6 +226,13 @@ impl Shadow {
             return None;
         }
         let estimate = estimate_usd();
+        let estimate = match (cfg.max_daily_usd, estimate) {
+            (Some(_), None) => {
+                self.stats.unpriced.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            (_, estimate) => estimate.unwrap_or(0.0),
+        };
         if let Some(cap) = cfg.max_daily_usd {
             let mut spend = self.spend.lock().ok()?;
             let today = todays_spend(&mut spend, &route.name);

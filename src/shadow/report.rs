@@ -37,6 +37,18 @@ pub struct RouteReport {
 
 const WORST: usize = 5;
 
+impl RouteReport {
+    /// Blanks the worst examples' prompts and answers (kept: ids, compressors, failed gates),
+    /// for a reader who did not prove they may see traffic.
+    pub fn drop_content(&mut self) {
+        for example in &mut self.worst {
+            example.request.clear();
+            example.reference.clear();
+            example.candidate.clear();
+        }
+    }
+}
+
 fn clip(text: &str) -> String {
     const MAX: usize = 300;
     if text.len() <= MAX {

@@ -225,8 +225,21 @@ fn read_sample(row: &rusqlite::Row<'_>) -> rusqlite::Result<Sample> {
     })
 }
 
+/// Creates `path` with mode 0600 when it does not exist yet (SQLite would use the umask). A
+/// file that exists keeps its mode; a path that cannot be created is SQLite's to report.
+fn create_private(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // The store holds sampled prompts and answers: created readable by its owner only.
+        create_private(path);
         let conn = Connection::open(path)?;
         // WAL: readers (`condenser report`) never block the proxy's writes.
         conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -117,7 +117,17 @@ async fn echo(
     record(&state, &uri, &headers, &body);
     let out = json!({"object": "list", "path": uri.path(), "received_bytes": body.len(),
         "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]});
-    axum::Json(out).into_response()
+    // A provider's account headers, which must not reach a client of the operator's key.
+    (
+        [
+            ("openai-organization", "org-operator"),
+            ("x-ratelimit-remaining-tokens", "149999"),
+            ("set-cookie", "__cf_bm=operator; path=/"),
+            ("x-request-id", "req-mock"),
+        ],
+        axum::Json(out),
+    )
+        .into_response()
 }
 
 fn completion(model: &str, message: Value, finish: &str) -> Value {
@@ -194,6 +204,12 @@ async fn chat(
             let err = json!({"error": {"message": "Rate limit reached for requests", "type": "requests",
                 "param": null, "code": "rate_limit_exceeded"}});
             return (StatusCode::TOO_MANY_REQUESTS, axum::Json(err)).into_response();
+        }
+        "retry-forever" => {
+            let err = json!({"error": {"message": "Rate limit reached", "type": "requests",
+                "param": null, "code": "rate_limit_exceeded"}});
+            let wait = [("retry-after", u64::MAX.to_string())];
+            return (StatusCode::TOO_MANY_REQUESTS, wait, axum::Json(err)).into_response();
         }
         "slow" => tokio::time::sleep(Duration::from_secs(5)).await,
         "pairjudge" => {
