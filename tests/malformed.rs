@@ -182,9 +182,37 @@ async fn every_kind_of_malformed_request_gets_its_4xx_and_goes_nowhere() {
         "70 KB of headers: {}",
         &text[..text.len().min(200)]
     );
+    // Request smuggling shapes: Content-Length with Transfer-Encoding (the chunked framing wins:
+    // its empty body is not a request), two different Content-Lengths, and a request line
+    // longer than the parser takes.
+    let chat = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    let both = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        chat.len()
+    );
+    let (status, text) = raw(addr, both.as_bytes(), false);
+    assert_eq!(status, 400, "Content-Length and Transfer-Encoding: {text}");
+    let twice = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Length: 5\r\nContent-Length: {}\r\n\r\n{chat}",
+        chat.len()
+    );
+    let (status, text) = raw(addr, twice.as_bytes(), false);
+    assert_eq!(status, 400, "two Content-Lengths: {text}");
+    let long_line = format!(
+        "GET /v1/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let (status, text) = raw(addr, long_line.as_bytes(), false);
+    assert_eq!(
+        status,
+        400,
+        "a 70 KB request line: {}",
+        &text[..text.len().min(200)]
+    );
     // Header values and names that would be forwarded are checked first: control bytes (a NUL,
     // a bare CR that could split the upstream request) and names that are not tokens.
-    let chat = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
     for bad in [
         "x-note: a\x00b",
         "x-note: a\rb",
