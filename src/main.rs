@@ -17,7 +17,10 @@ use condenser::config::{self, Listener};
 #[cfg(feature = "local-model")]
 #[path = "cli/serve_model.rs"]
 mod serve_model;
+use condenser::server::listener::Guarded;
 use condenser::server::{AppState, Condenser};
+use pingora::proxy::HttpProxy;
+use pingora::services::listening::Service;
 
 #[derive(Parser)]
 #[command(
@@ -270,11 +273,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     let shadow = state.shadow.clone();
     // Each listener is its own service: the admin service answers only `/admin/*` and
     // `/metrics`, whatever address it is bound to, and the public one never answers them.
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Condenser::new(state.clone(), Listener::Public),
-        "condenser",
-    );
+    let mut service = listener_service(&server.configuration, &state, Listener::Public);
     match &tls {
         Some((cert, key)) => service
             .add_tls(
@@ -287,11 +286,7 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
     }
     server.add_service(service);
     if let Some(admin) = admin_listen {
-        let mut admin_service = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            Condenser::new(state, Listener::Admin),
-            "condenser-admin",
-        );
+        let mut admin_service = listener_service(&server.configuration, &state, Listener::Admin);
         admin_service.threads = Some(1);
         admin_service.add_tcp(&admin.to_string());
         server.add_service(admin_service);
@@ -320,6 +315,28 @@ fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// One listener's service: the proxy answering for `listener`, behind the listener's
+/// connection cap and header deadline (`server::listener`).
+fn listener_service(
+    conf: &Arc<ServerConf>,
+    state: &Arc<AppState>,
+    listener: Listener,
+) -> Service<Guarded<HttpProxy<Condenser>>> {
+    let (name, metric) = match listener {
+        Listener::Admin => ("condenser-admin", "admin"),
+        _ => ("condenser", "public"),
+    };
+    let proxy = pingora::proxy::http_proxy(conf, Condenser::new(state.clone(), listener));
+    let settings = &state.server;
+    let guarded = Guarded::new(
+        proxy,
+        metric,
+        settings.max_connections,
+        Duration::from_secs(settings.header_timeout_seconds),
+    );
+    Service::new(name.to_string(), guarded)
 }
 
 /// `SIGHUP` re-reads the configuration file, like `POST /admin/reload`; a file that does not

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub shadow_samples: IntCounterVec,
     pub shadow_spend_usd: CounterVec,
     pub local_model_queue_depth: IntGauge,
+    pub connections_refused: IntCounterVec,
 }
 
 /// Latency buckets from 0.1 ms to a minute (LLM answers take seconds; compression milliseconds).
@@ -125,6 +126,11 @@ impl Metrics {
                 "shadow_samples_total",
                 "Shadow samples by outcome (passed, failed, abandoned)",
                 &["route", "result"],
+            )?,
+            connections_refused: counter(
+                "connections_refused_total",
+                "Connections answered 503 and closed: the listener was at server.max_connections",
+                &["listener"],
             )?,
             shadow_spend_usd,
             local_model_queue_depth,

@@ -27,6 +27,7 @@ threads = 1
 grace_period_seconds = 0
 body_timeout_seconds = 2
 keepalive_timeout_seconds = 1
+header_timeout_seconds = 1
 
 [[upstreams]]
 name = "mock"
@@ -342,6 +343,83 @@ async fn slow_bodies_and_idle_connections_are_cut_off() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(mock.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_header_trickled_byte_by_byte_is_cut_off() {
+    let mock = MockUpstream::start().await;
+    let proxy = start(&mock);
+    let mut stream = TcpStream::connect(proxy.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    // One byte every 200 ms: each read is quick, the header never ends. pingora's per-read
+    // timeout never fires; the header deadline (1 s here) does.
+    let started = Instant::now();
+    let header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed = false;
+    for byte in header {
+        if stream.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("answered a header that never ended"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(closed, "the connection outlived the header deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_answered_503_and_closed() {
+    let mock = MockUpstream::start().await;
+    let config = secured(&mock).replacen("threads = 1", "threads = 1\nmax_connections = 2", 1);
+    let proxy = Condenser::start_with_env(
+        &config,
+        &[
+            ("LIMITED_KEY", LIMITED_KEY),
+            ("ROUTER_KEY", ROUTER_KEY),
+            ("MOCK_OPENAI_KEY", OPERATOR_KEY),
+        ],
+    );
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(proxy.addr).expect("connect"))
+        .collect();
+    // Give the accept loop time to take both places.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        raw_status(
+            &proxy,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ),
+        503
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        raw_status(
+            &proxy,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ),
+        200
+    );
 }
 
 #[tokio::test]

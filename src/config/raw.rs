@@ -232,6 +232,11 @@ pub struct RawServer {
     /// Longest the whole request body may take to arrive (408 after); also the longest wait
     /// for any one read of the connection.
     pub body_timeout_seconds: u64,
+    /// Longest a request header may take to arrive, from its first byte (the connection is
+    /// closed after).
+    pub header_timeout_seconds: u64,
+    /// Connections open at once per listener (0: no cap); one more is answered 503 and closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +279,8 @@ impl Default for RawServer {
             model_dirs: vec!["models".into(), "adapters".into()],
             keepalive_timeout_seconds: 60,
             body_timeout_seconds: 60,
+            header_timeout_seconds: 30,
+            max_connections: 10_000,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct ServerSettings {
     pub max_messages: usize,
     pub keepalive_timeout_seconds: u64,
     pub body_timeout_seconds: u64,
+    pub header_timeout_seconds: u64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -347,6 +349,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             max_messages: raw.server.max_messages,
             keepalive_timeout_seconds: raw.server.keepalive_timeout_seconds,
             body_timeout_seconds: raw.server.body_timeout_seconds,
+            header_timeout_seconds: raw.server.header_timeout_seconds,
+            max_connections: raw.server.max_connections,
             tls: match &raw.server.tls {
                 None => None,
                 Some(tls) => Some(validate_tls(tls)?),

@@ -24,6 +24,7 @@ mod header_policy;
 mod health;
 mod judge;
 mod limits;
+pub mod listener;
 mod passthrough;
 mod relay;
 mod reply;

@@ -256,6 +256,14 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         ("server.admin_listen", a.admin_listen != b.admin_listen),
         ("server.threads", a.threads != b.threads),
         (
+            "server.header_timeout_seconds",
+            a.header_timeout_seconds != b.header_timeout_seconds,
+        ),
+        (
+            "server.max_connections",
+            a.max_connections != b.max_connections,
+        ),
+        (
             "server.grace_period_seconds",
             a.grace_period_seconds != b.grace_period_seconds,
         ),
