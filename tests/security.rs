@@ -96,6 +96,13 @@ async fn code(resp: reqwest::Response) -> (u16, String) {
     )
 }
 
+/// The compressor a response says was applied.
+fn compressor(resp: &reqwest::Response) -> Option<&str> {
+    resp.headers()
+        .get("x-condenser-compressor")
+        .and_then(|v| v.to_str().ok())
+}
+
 /// Writes `request` on a fresh connection and returns the status line's code.
 fn raw_status(proxy: &Condenser, request: &str) -> u16 {
     let mut stream = TcpStream::connect(proxy.addr).expect("connect");
@@ -240,12 +247,7 @@ async fn the_compress_header_is_a_permission_and_large_requests_go_as_sent() {
     // Allowed, but the request is over the route's `max_bytes`: forwarded as sent.
     let resp = ask(ROUTER_KEY).await.expect("send");
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()
-            .get("x-condenser-compressor")
-            .and_then(|v| v.to_str().ok()),
-        Some("off")
-    );
+    assert_eq!(compressor(&resp), Some("off"));
     let sent = mock.last().json();
     assert!(sent["messages"][0]["content"]
         .as_str()
@@ -420,6 +422,48 @@ async fn connections_over_the_cap_are_answered_503_and_closed() {
         ),
         200
     );
+}
+
+#[tokio::test]
+async fn compression_cache_entries_belong_to_their_client_key() {
+    let mock = MockUpstream::start().await;
+    let document = common::long_document();
+    let body = json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": format!("{document}\n\nWho lit the lamp?")}]});
+    let env = [
+        ("LIMITED_KEY", LIMITED_KEY),
+        ("ROUTER_KEY", ROUTER_KEY),
+        ("MOCK_OPENAI_KEY", OPERATOR_KEY),
+    ];
+    for (scope, computed_after_other_key) in [("key", 2), ("deployment", 1)] {
+        let config = secured(&mock)
+            .replace("max_bytes = 4096", "max_bytes = 1048576")
+            .replacen(
+                "threads = 1",
+                &format!("threads = 1\ncompression_cache_scope = \"{scope}\""),
+                1,
+            );
+        let proxy = Condenser::start_with_env(&config, &env);
+        let client = reqwest::Client::new();
+        let ask = |key: &str| {
+            client
+                .post(proxy.url("/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+        };
+        for key in [ROUTER_KEY, ROUTER_KEY, LIMITED_KEY] {
+            let resp = ask(key).await.expect("send");
+            assert_eq!(resp.status(), 200);
+            assert_eq!(compressor(&resp), Some("extractive"));
+        }
+        // The same key's second request hit; another key's hit only a shared cache.
+        let health = common::healthz(&proxy).await;
+        assert_eq!(
+            health["compression"]["computed"], computed_after_other_key,
+            "{scope}: {health}"
+        );
+    }
 }
 
 #[tokio::test]

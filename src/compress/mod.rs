@@ -11,6 +11,7 @@ mod cache;
 mod extractive;
 mod identity;
 mod memo;
+pub mod offload;
 mod pipeline;
 mod policy;
 mod prune;

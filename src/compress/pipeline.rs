@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::cache::{cache_key, CompressionCache};
+use super::offload;
 use super::policy::{plan, text_slots, Plan};
 use super::settings::{CompressionMode, CompressorKind, PipelineSettings};
 use super::{CompressError, CompressInput, Compressor, Tokenizer};
@@ -56,10 +57,51 @@ pub struct Pipeline {
     background: Arc<Semaphore>,
     background_capacity: usize,
     pub stats: Arc<PipelineStats>,
+    /// Keys every cache key (`with_shared`); none without a shared tier, whose keys never leave
+    /// the process.
+    key_secret: Option<[u8; 32]>,
 }
 
 /// Background compressions in flight at most; more texts are skipped until a slot frees.
 const BACKGROUND_QUEUE: usize = 64;
+
+/// The compression plan (which counts every text's tokens): inline for a small request, on the
+/// blocking pool (`offload`) for a large one, so the I/O thread never spends milliseconds on it.
+async fn plan_off_thread(
+    messages: &[Value],
+    settings: &PipelineSettings<'_>,
+    handles_code: bool,
+    tokenizer: Tokenizer,
+) -> Plan {
+    let min_tokens = settings.min_tokens;
+    let bytes: usize = messages
+        .iter()
+        .flat_map(|m| text_slots(m).into_iter().map(|(_, t)| t.len()))
+        .sum();
+    if bytes <= offload::INLINE_BYTES {
+        return plan(
+            messages,
+            settings.roles,
+            min_tokens,
+            handles_code,
+            tokenizer,
+        );
+    }
+    let (messages, roles) = (messages.to_vec(), settings.roles.to_vec());
+    offload::run(move || plan(&messages, &roles, min_tokens, handles_code, tokenizer))
+        .await
+        .unwrap_or_default()
+}
+
+/// What one request's compression needs besides its texts.
+struct Job<'a> {
+    compressor: Arc<dyn Compressor>,
+    ratio: f64,
+    tokenizer: Tokenizer,
+    background: bool,
+    /// Who may share the cache entries (`PipelineSettings::scope`).
+    scope: &'a str,
+}
 
 impl Pipeline {
     /// A pipeline running `compressors` (`registry::build_all` builds them from configuration).
@@ -73,12 +115,19 @@ impl Pipeline {
             background: Arc::new(Semaphore::new(BACKGROUND_QUEUE)),
             background_capacity: BACKGROUND_QUEUE,
             stats: Arc::default(),
+            key_secret: None,
         }
     }
 
-    /// Puts a shared cache tier (Redis) behind the pipeline's cache.
-    pub fn with_shared(mut self, shared: Arc<super::shared::SharedTier>) -> Self {
+    /// Puts a shared cache tier (Redis) behind the pipeline's cache; `key_secret` (from
+    /// `shared_cache.key_secret_env`) keys every cache key.
+    pub fn with_shared(
+        mut self,
+        shared: Arc<super::shared::SharedTier>,
+        key_secret: Option<[u8; 32]>,
+    ) -> Self {
         self.cache = self.cache.with_shared(shared);
+        self.key_secret = key_secret;
         self
     }
 
@@ -128,13 +177,7 @@ impl Pipeline {
         let Some(compressor) = self.compressors.get(&kind).cloned() else {
             return Self::count_only(messages, tokenizer);
         };
-        let plan = plan(
-            messages,
-            settings.roles,
-            settings.min_tokens,
-            compressor.handles_code(),
-            tokenizer,
-        );
+        let plan = plan_off_thread(messages, &settings, compressor.handles_code(), tokenizer).await;
         let mut outcome = CompressionOutcome {
             changed: false,
             tokens_before: plan.tokens_before,
@@ -147,13 +190,14 @@ impl Pipeline {
         }
         let deadline = Duration::from_millis(settings.timeout_ms);
         let background = settings.mode == CompressionMode::Background;
-        let work = self.compress_plan(
-            &plan,
-            compressor.clone(),
-            settings.target_ratio,
+        let job = Job {
+            compressor: compressor.clone(),
+            ratio: settings.target_ratio,
             tokenizer,
             background,
-        );
+            scope: settings.scope,
+        };
+        let work = self.compress_plan(&plan, &job);
         let result = match tokio::time::timeout(deadline, work).await {
             Ok(result) => result,
             Err(_) => Err(CompressError::Timeout(settings.timeout_ms)),
@@ -191,11 +235,9 @@ impl Pipeline {
     async fn compress_plan(
         &self,
         plan: &Plan,
-        compressor: Arc<dyn Compressor>,
-        ratio: f64,
-        tokenizer: Tokenizer,
-        background: bool,
+        job: &Job<'_>,
     ) -> Result<(Vec<String>, usize), CompressError> {
+        let tokenizer = job.tokenizer;
         let mut saved = 0;
         let mut texts = Vec::with_capacity(plan.targets.len());
         for target in &plan.targets {
@@ -211,15 +253,7 @@ impl Pipeline {
                     continue;
                 }
                 let compressed = self
-                    .compress_piece(
-                        &piece.text,
-                        &plan.query,
-                        tokens,
-                        ratio,
-                        tokenizer,
-                        compressor.clone(),
-                        background,
-                    )
+                    .compress_piece(&piece.text, &plan.query, tokens, job)
                     .await?;
                 let after = tokenizer.count(&compressed);
                 if after < tokens {
@@ -239,17 +273,15 @@ impl Pipeline {
 
     /// One piece's compressed text. In background mode a piece not in the cache is returned as
     /// it came and its compression is started off the request path (if the queue has room).
-    #[allow(clippy::too_many_arguments)]
     async fn compress_piece(
         &self,
         text: &str,
         query: &str,
         tokens: usize,
-        ratio: f64,
-        tokenizer: Tokenizer,
-        compressor: Arc<dyn Compressor>,
-        background: bool,
+        job: &Job<'_>,
     ) -> Result<Arc<str>, CompressError> {
+        let (ratio, tokenizer, background) = (job.ratio, job.tokenizer, job.background);
+        let compressor = job.compressor.clone();
         let ratio_bits = ratio.to_bits().to_le_bytes();
         // A background compression serves the text's later appearances, whose questions are
         // not known yet (each chat turn asks a new one): it is compressed for no question, so
@@ -260,7 +292,11 @@ impl Pipeline {
         } else {
             b""
         };
+        // The deployment's secret (with a shared tier) and the tenant scope go first: a reader
+        // of Redis cannot test a text offline, and one client key never hits another's entry.
         let key = cache_key(&[
+            self.key_secret.as_ref().map_or(&[][..], |s| &s[..]),
+            job.scope.as_bytes(),
             compressor.name().as_bytes(),
             &ratio_bits,
             tokenizer.name().as_bytes(),

@@ -82,6 +82,9 @@ pub struct PipelineSettings<'a> {
     /// Longest a compressor may take before the original request is forwarded.
     pub timeout_ms: u64,
     pub mode: CompressionMode,
+    /// Who may share this request's cache entries: the client key's name, or empty for every
+    /// client (`server.compression_cache_scope`).
+    pub scope: &'a str,
 }
 
 /// `[compressors.NAME]`: the model behind a model-backed compressor, in-process or on an

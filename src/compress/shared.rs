@@ -37,6 +37,9 @@ pub struct SharedCacheSettings {
     pub rate_limits: bool,
     /// How often a replica reconciles its rate-limit buckets with Redis.
     pub rate_limit_sync_ms: u64,
+    /// SHA-256 of `key_secret_env`'s value: the secret every compression-cache key is keyed
+    /// with, so a reader of Redis cannot test whether a given text was compressed.
+    pub key_secret: Option<[u8; 32]>,
 }
 
 /// What the tier did, for `/healthz` and the metrics.

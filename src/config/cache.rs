@@ -62,7 +62,23 @@ pub(super) fn validate_shared_cache(
             ));
         }
     }
+    let key_secret = match &raw.key_secret_env {
+        None => None,
+        Some(var) => Some(
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| super::digest(&v))
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "shared_cache.key_secret_env",
+                        format!("the variable {var} is not set"),
+                    )
+                })?,
+        ),
+    };
     Ok(SharedCacheSettings {
+        key_secret,
         url,
         ttl_seconds: raw.ttl_seconds,
         timeout_ms: raw.timeout_ms,
@@ -93,6 +109,15 @@ mod tests {
             "{secret}"
         );
         assert!(validate_shared_cache(&raw("http://cache:6379")).is_err());
+        assert!(validate_shared_cache(&raw("rediss://cache:6379")).is_err());
+        let unset = RawSharedCache {
+            key_secret_env: Some("CONDENSER_TEST_UNSET_CACHE_SECRET".into()),
+            ..raw("redis://cache:6379")
+        };
+        let err = validate_shared_cache(&unset)
+            .expect_err("unset")
+            .to_string();
+        assert!(err.starts_with("shared_cache.key_secret_env"), "{err}");
         assert!(validate_shared_cache(&RawSharedCache::default()).is_err());
     }
 }

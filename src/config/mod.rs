@@ -20,7 +20,7 @@ use std::path::Path;
 pub use crate::compress::{CompressionMode, CompressorKind, ModelSettings, Role};
 pub use auth::{check_exposure, digest, ClientKey, Listener};
 pub use passthrough::PathRules;
-pub use raw::{LogFormat, UpstreamKind};
+pub use raw::{CacheScope, LogFormat, UpstreamKind};
 pub use raw::{
     RawCompression, RawCompressors, RawConfig, RawLocalModel, RawRoute, RawServer, RawTelemetry,
     RawUpstream,

@@ -47,6 +47,8 @@ pub struct RawSharedCache {
     pub rate_limits: bool,
     /// How often each replica reconciles its rate-limit buckets with Redis, in ms.
     pub rate_limit_sync_ms: u64,
+    /// The variable holding a secret shared by the replicas, which keys every cache key.
+    pub key_secret_env: Option<String>,
 }
 
 impl Default for RawSharedCache {
@@ -61,6 +63,7 @@ impl Default for RawSharedCache {
             prefix: "condenser:".into(),
             rate_limits: true,
             rate_limit_sync_ms: 200,
+            key_secret_env: None,
         }
     }
 }
@@ -237,6 +240,21 @@ pub struct RawServer {
     pub header_timeout_seconds: u64,
     /// Connections open at once per listener (0: no cap); one more is answered 503 and closed.
     pub max_connections: usize,
+    /// Who shares a compression-cache entry: `key` (each client key its own, with `[auth]`)
+    /// or `deployment` (every client).
+    pub compression_cache_scope: CacheScope,
+}
+
+/// `server.compression_cache_scope`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheScope {
+    /// Each client key's compressions are its own: one tenant cannot learn from a cache hit's
+    /// speed that another sent a text.
+    #[default]
+    Key,
+    /// Every client shares the cache (one organisation behind several keys).
+    Deployment,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +299,7 @@ impl Default for RawServer {
             body_timeout_seconds: 60,
             header_timeout_seconds: 30,
             max_connections: 10_000,
+            compression_cache_scope: CacheScope::Key,
         }
     }
 }

@@ -11,7 +11,7 @@ use super::cache::validate_shared_cache;
 use super::compressors::validate_local_model;
 use super::passthrough::PathRules;
 use super::paths::{confine, resolve_dirs};
-use super::raw::{LogFormat, RawCompression, RawConfig, RawServer, RawTelemetry};
+use super::raw::{CacheScope, LogFormat, RawCompression, RawConfig, RawServer, RawTelemetry};
 use super::shadow::{
     validate_rollout, validate_route_shadow, validate_shadow, Rollout, RouteShadow, ShadowSettings,
 };
@@ -67,6 +67,7 @@ pub struct ServerSettings {
     pub body_timeout_seconds: u64,
     pub header_timeout_seconds: u64,
     pub max_connections: usize,
+    pub compression_cache_scope: CacheScope,
 }
 
 #[derive(Debug, Clone)]
@@ -122,14 +123,16 @@ impl ServerSettings {
 }
 
 impl CompressionSettings {
-    /// What the compression pipeline reads of these settings.
-    pub fn pipeline(&self) -> PipelineSettings<'_> {
+    /// What the compression pipeline reads of these settings, for a request whose cache
+    /// entries `scope` may share (`PipelineSettings::scope`).
+    pub fn pipeline<'a>(&'a self, scope: &'a str) -> PipelineSettings<'a> {
         PipelineSettings {
             roles: &self.roles,
             min_tokens: self.min_tokens,
             target_ratio: self.target_ratio,
             timeout_ms: self.timeout_ms,
             mode: self.mode,
+            scope,
         }
     }
 }
@@ -351,6 +354,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             body_timeout_seconds: raw.server.body_timeout_seconds,
             header_timeout_seconds: raw.server.header_timeout_seconds,
             max_connections: raw.server.max_connections,
+            compression_cache_scope: raw.server.compression_cache_scope,
             tls: match &raw.server.tls {
                 None => None,
                 Some(tls) => Some(validate_tls(tls)?),

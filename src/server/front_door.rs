@@ -23,8 +23,8 @@ use super::relay::{Capture, ExchangeError};
 use super::request::{header_str, read_whole};
 use super::sampling::{compressor_for, ClientLeg, Sample};
 use super::state::{AppState, Live};
-use crate::compress::{text_slots, CompressionOutcome, Tokenizer};
-use crate::config::{CompressorKind, Leg, Rollout, Route};
+use crate::compress::{offload, text_slots, CompressionOutcome, Tokenizer};
+use crate::config::{CacheScope, CompressorKind, Leg, Rollout, Route};
 use crate::error::ProxyError;
 use crate::openai::{headers, ChatRequest};
 use crate::providers::anthropic::inbound::{self, CompressionView};
@@ -144,11 +144,16 @@ pub async fn handle(
         door,
     );
     let chosen = compressor_for(sample.as_ref(), compressor, route);
+    // Compression-cache entries are the client key's own unless the deployment shares them.
+    let scope = match (&log.client, live.config.server.compression_cache_scope) {
+        (Some(key), CacheScope::Key) => key.name.clone(),
+        _ => String::new(),
+    };
     let trace = RequestTrace::start(&session.req_header().headers, "chat", &request.model);
     let compress_wall = trace.as_ref().map(|_| SystemTime::now());
     let compress_started = std::time::Instant::now();
     let (mut outcome, pending_count) =
-        compress(state, route, door, &mut request, chosen, tokenizer).await;
+        compress(state, route, door, &mut request, chosen, tokenizer, &scope).await;
     if let (Some(kind), Some(m)) = (chosen, crate::metrics::recording()) {
         m.compression_seconds
             .with_label_values(&[kind.name()])
@@ -255,10 +260,12 @@ async fn compress(
     request: &mut ChatRequest,
     compressor: Option<CompressorKind>,
     tokenizer: Tokenizer,
+    scope: &str,
 ) -> (CompressionOutcome, Option<JoinHandle<usize>>) {
-    let settings = route.compression.pipeline();
-    // Compression plans on the I/O thread (it counts every text's tokens): a request over the
-    // route's `max_bytes` is forwarded as sent and counted on the blocking pool instead.
+    let settings = route.compression.pipeline(scope);
+    // Compressing costs CPU in proportion to the text: a request over the route's `max_bytes`
+    // is forwarded as sent and only counted (off the I/O threads), so one huge request cannot
+    // hold a compressor or its deadline's worth of blocking threads.
     let within_cap = || {
         let bytes: usize = texts_of(door, request).iter().map(|t| t.len()).sum();
         bytes <= route.compression.max_bytes
@@ -300,7 +307,8 @@ fn texts_of(door: FrontDoor, request: &ChatRequest) -> Vec<&str> {
 }
 
 /// The token count of an uncompressed request: inline when its texts are cached or short,
-/// otherwise started on the blocking pool (the count is pending in the second value).
+/// otherwise started on the blocking pool behind `offload`'s limit (the count is pending in the
+/// second value).
 fn count_uncompressed(
     door: FrontDoor,
     request: &ChatRequest,
@@ -329,8 +337,12 @@ fn count_uncompressed(
         return (outcome(tokens), None);
     }
     let owned: Vec<String> = uncached.iter().map(|t| t.to_string()).collect();
-    let pending = tokio::task::spawn_blocking(move || {
-        known + owned.iter().map(|t| tokenizer.count(t)).sum::<usize>()
+    // Counted off the I/O threads, one count per core at once (`offload`); a count that
+    // panicked reports 0.
+    let pending = tokio::spawn(async move {
+        let counted =
+            offload::run(move || owned.iter().map(|t| tokenizer.count(t)).sum::<usize>()).await;
+        known + counted.unwrap_or(0)
     });
     (outcome(0), Some(pending))
 }

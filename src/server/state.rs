@@ -89,7 +89,7 @@ impl AppState {
         if let Some(settings) = &config.shared_cache {
             let tier = crate::compress::shared::SharedTier::new(settings.clone())
                 .map_err(|e| format!("shared_cache.url: {e}"))?;
-            pipeline = pipeline.with_shared(Arc::new(tier));
+            pipeline = pipeline.with_shared(Arc::new(tier), settings.key_secret);
         }
         let (shared_overrides, overrides) = super::shared_overrides::load(&config.server)?;
         let orphans = overrides.orphans(&config.routes);
