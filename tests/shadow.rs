@@ -62,7 +62,10 @@ async fn both_legs_go_upstream_and_a_changed_answer_fails_the_gates() {
     assert_eq!(public.status(), 404);
     // The store holds prompts and answers: readable by its owner only.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(s.store()).expect("store").permissions().mode();
+    let mode = std::fs::metadata(s.store())
+        .expect("store")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     // No key in the database, whatever the client sent.
     drop(proxy);
