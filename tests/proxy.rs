@@ -320,6 +320,19 @@ async fn passthrough_models_and_health() {
         .await
         .expect("json");
     assert_eq!(health["status"], "ok");
+
+    // A client's probe of the base URL (Claude Code sends `HEAD /`) is answered like a
+    // provider's, not with a 404 and an error in the log.
+    let forwarded = mock.received().len();
+    let head = client().head(proxy.url("/")).send().await.expect("head");
+    assert_eq!(head.status(), 200);
+    let root = client().get(proxy.url("/")).send().await.expect("get");
+    assert_eq!(root.status(), 200);
+    assert_eq!(
+        mock.received().len(),
+        forwarded,
+        "probes are answered by condenser"
+    );
 }
 
 #[tokio::test]

@@ -2,10 +2,15 @@
 //! question is. Rules, in order:
 //! - only text (string `content` or `{"type":"text"}` parts) of the configured roles is touched;
 //!   images, audio, files, tool-call arguments and every other field are left as they are;
-//! - a message with fewer than `min_tokens` tokens of text is left whole;
+//! - every text block (a string `content`, one `{"type":"text"}` part, one Anthropic `system`
+//!   block) is its own unit: one with fewer than `min_tokens` tokens is left whole, whatever its
+//!   neighbours hold (a short header block beside a long prompt stays byte for byte);
 //! - the last user turn's question is never compressed and is the query for query-aware
 //!   compressors: a short last user message is the question; in a long one, the final paragraph
 //!   (or, lacking paragraphs, the final line or sentence) is the question and stays verbatim;
+//! - no user question is ever removed, in any turn: a compressed user block keeps its final
+//!   paragraph and every sentence ending in `?` verbatim, so the history still says what was
+//!   asked (a document and its question often travel in one user message);
 //! - fenced code blocks stay intact unless the compressor handles code.
 
 use serde_json::Value;
@@ -86,6 +91,83 @@ pub fn text_slots(message: &Value) -> Vec<(Option<usize>, &str)> {
     }
 }
 
+/// What a block keeps verbatim at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// Nothing (not a user block).
+    None,
+    /// The question of the last user turn, whole.
+    Question,
+    /// An earlier user block's final paragraph, when short (`kept_tail_start`).
+    Capped,
+}
+
+/// A compressible block cut into pieces: fenced code kept unless the compressor handles code;
+/// in a user block, the final paragraph (the question, or the last thing said) and every
+/// question sentence kept verbatim.
+fn pieces_of(text: &str, tail: Tail, handles_code: bool) -> Vec<Piece> {
+    let user = tail != Tail::None;
+    let (body, tail) = match tail {
+        Tail::Question => text.split_at(question_start(text)),
+        Tail::Capped => text.split_at(kept_tail_start(text)),
+        Tail::None => (text, ""),
+    };
+    let mut pieces = Vec::new();
+    for block in split_code_fences(body) {
+        let span = &body[block.span];
+        if block.is_code {
+            pieces.push(Piece {
+                text: span.to_string(),
+                compress: handles_code,
+            });
+        } else if user {
+            push_keeping_questions(span, &mut pieces);
+        } else {
+            pieces.push(Piece {
+                text: span.to_string(),
+                compress: true,
+            });
+        }
+    }
+    if !tail.is_empty() {
+        pieces.push(Piece {
+            text: tail.to_string(),
+            compress: false,
+        });
+    }
+    pieces
+}
+
+/// Longest final paragraph of a user block kept whole; a longer one (a document pasted last, or
+/// one without paragraph breaks) keeps only its last sentence.
+const MAX_KEPT_TAIL_BYTES: usize = 1024;
+
+/// Where the verbatim tail of a user block starts: its question ([`question_start`]) when that
+/// is short, else its last sentence.
+fn kept_tail_start(text: &str) -> usize {
+    let start = question_start(text);
+    if text.len() - start <= MAX_KEPT_TAIL_BYTES {
+        return start;
+    }
+    sentences(text.trim_end()).last().map_or(start, |s| s.start)
+}
+
+/// Pushes `text` as pieces, its question sentences (ending in `?`) kept and the runs between
+/// them compressible; adjacent runs of one kind are merged.
+fn push_keeping_questions(text: &str, pieces: &mut Vec<Piece>) {
+    for span in sentences(text) {
+        let sentence = &text[span];
+        let keep = sentence.trim_end().ends_with('?');
+        match pieces.last_mut() {
+            Some(last) if last.compress != keep => last.text.push_str(sentence),
+            _ => pieces.push(Piece {
+                text: sentence.to_string(),
+                compress: !keep,
+            }),
+        }
+    }
+}
+
 /// Byte offset where the question at the end of a long user message starts.
 fn question_start(text: &str) -> usize {
     let paragraph = final_paragraph_start(text);
@@ -114,39 +196,32 @@ pub fn plan(
         let total: usize = counts.iter().sum();
         out.tokens_before += total;
         let is_last_user = Some(index) == last_user;
-        let long_enough = total >= min_tokens && total > 0;
-        if is_last_user && !long_enough {
+        if is_last_user && (total < min_tokens || total == 0) {
             out.query = slots.iter().map(|(_, t)| *t).collect::<Vec<_>>().join("\n");
         }
         let Some(role) = role_of(message) else {
             continue;
         };
-        if !roles.contains(&role) || !long_enough {
-            continue;
-        }
         let last_slot = slots.len().saturating_sub(1);
-        for (slot_index, (part, text)) in slots.iter().enumerate() {
-            let (body, question) = if is_last_user && slot_index == last_slot {
-                text.split_at(question_start(text))
-            } else {
-                (*text, "")
-            };
-            if is_last_user && slot_index == last_slot {
+        for (slot_index, ((part, text), tokens)) in slots.iter().zip(&counts).enumerate() {
+            let is_question_slot = is_last_user && slot_index == last_slot;
+            let long_enough = *tokens >= min_tokens && *tokens > 0;
+            // The question of a long last user turn is its final part; that part's own length
+            // decides whether the rest of it is compressed.
+            if is_question_slot && total >= min_tokens && total > 0 {
+                let (_, question) = text.split_at(question_start(text));
                 out.query = question.trim().to_string();
             }
-            let mut pieces: Vec<Piece> = split_code_fences(body)
-                .into_iter()
-                .map(|b| Piece {
-                    text: body[b.span].to_string(),
-                    compress: !b.is_code || handles_code,
-                })
-                .collect();
-            if !question.is_empty() {
-                pieces.push(Piece {
-                    text: question.to_string(),
-                    compress: false,
-                });
+            if !roles.contains(&role) || !long_enough {
+                continue;
             }
+            let tail = match role {
+                // The question of the last turn is kept whole, however long.
+                Role::User if is_question_slot => Tail::Question,
+                Role::User => Tail::Capped,
+                _ => Tail::None,
+            };
+            let pieces = pieces_of(text, tail, handles_code);
             if pieces
                 .iter()
                 .any(|p| p.compress && !p.text.trim().is_empty())
@@ -265,7 +340,8 @@ mod tests {
             .expect("code block is its own piece");
         assert!(!code_piece.compress);
         let with_code = plan(&messages, DEFAULT_ROLES, 50, true, Tokenizer::Cl100k);
-        assert!(with_code.targets[0].pieces.iter().all(|p| p.compress));
+        let code_piece = with_code.targets[0].pieces.iter().find(|p| p.text == code);
+        assert!(code_piece.is_some_and(|p| p.compress));
     }
 
     #[test]
@@ -273,5 +349,51 @@ mod tests {
         assert_eq!(question_start("line one\nline two?"), 9);
         let text = "First sentence here. Second one. Is it the third?";
         assert_eq!(&text[question_start(text)..], "Is it the third?");
+    }
+
+    #[test]
+    fn a_short_block_beside_a_long_one_is_left_whole() {
+        // Claude Code's system: a short billing header block, then the long prompt.
+        let header = "x-anthropic-billing-header: cc_version=2.1; cc_entrypoint=sdk-cli;";
+        let messages = vec![
+            json!({"role": "system", "content": [
+                {"type": "text", "text": header},
+                {"type": "text", "text": long("prompt")}]}),
+            json!({"role": "user", "content": "Hi?"}),
+        ];
+        let p = plan(&messages, DEFAULT_ROLES, 50, false, Tokenizer::O200k);
+        let parts: Vec<Option<usize>> = p.targets.iter().map(|t| t.part).collect();
+        assert_eq!(parts, vec![Some(1)], "only the long block is planned");
+    }
+
+    #[test]
+    fn earlier_questions_and_final_paragraphs_of_user_blocks_are_kept() {
+        let first = format!(
+            "{}What year was the bridge reinforced? {}\n\nPlease answer briefly.",
+            long("filler"),
+            long("more")
+        );
+        let messages = vec![
+            json!({"role": "user", "content": first.clone()}),
+            json!({"role": "assistant", "content": "In 1987."}),
+            json!({"role": "user", "content": "Thanks. And the museum?"}),
+        ];
+        let p = plan(&messages, DEFAULT_ROLES, 50, false, Tokenizer::O200k);
+        assert_eq!(p.query, "Thanks. And the museum?");
+        let target = p.targets.iter().find(|t| t.message == 0).expect("planned");
+        let kept: Vec<&str> = target
+            .pieces
+            .iter()
+            .filter(|p| !p.compress)
+            .map(|p| p.text.trim())
+            .collect();
+        assert!(
+            kept.contains(&"What year was the bridge reinforced?"),
+            "{kept:?}"
+        );
+        assert!(kept.contains(&"Please answer briefly."), "{kept:?}");
+        // The pieces tile the block.
+        let joined: String = target.pieces.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(joined, first);
     }
 }

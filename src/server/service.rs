@@ -87,6 +87,21 @@ impl Condenser {
                 _ => Err(not_found()),
             };
         }
+        // Clients probe the base URL before their first call (Claude Code sends `HEAD /`): answer
+        // as a provider does, not with an error.
+        match (method.as_str(), path.as_str()) {
+            ("HEAD", "/") => {
+                log.status = 200;
+                return reply::text(session, 200, "text/plain", Vec::new())
+                    .await
+                    .map_err(|e| ExchangeError::AfterResponse(e.to_string()));
+            }
+            ("GET", "/") => {
+                let body = br#"{"service":"condenser","status":"ok"}"#.to_vec();
+                return self.reply(session, log, 200, body).await;
+            }
+            _ => {}
+        }
         if !path.starts_with("/v1/") {
             return Err(not_found());
         }
