@@ -91,26 +91,33 @@ pub fn text_slots(message: &Value) -> Vec<(Option<usize>, &str)> {
     }
 }
 
-/// What a block keeps verbatim at its end.
+/// What kind of text a block is, for what it keeps verbatim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tail {
-    /// Nothing (not a user block).
-    None,
-    /// The question of the last user turn, whole.
+enum Block {
+    /// The last user turn's question block: its question, whole, and its question sentences.
     Question,
-    /// An earlier user block's final paragraph, when short (`kept_tail_start`).
-    Capped,
+    /// An earlier user block: its final paragraph when short (`kept_tail_start`), and its
+    /// question sentences.
+    User,
+    /// A system or developer block: its instructions ([`is_instruction`]).
+    Instructions,
+    /// Anything else (tool results): all of it may be compressed.
+    Reference,
 }
 
 /// A compressible block cut into pieces: fenced code kept unless the compressor handles code;
 /// in a user block, the final paragraph (the question, or the last thing said) and every
 /// question sentence kept verbatim.
-fn pieces_of(text: &str, tail: Tail, handles_code: bool) -> Vec<Piece> {
-    let user = tail != Tail::None;
-    let (body, tail) = match tail {
-        Tail::Question => text.split_at(question_start(text)),
-        Tail::Capped => text.split_at(kept_tail_start(text)),
-        Tail::None => (text, ""),
+fn pieces_of(text: &str, kind: Block, handles_code: bool) -> Vec<Piece> {
+    let (body, tail) = match kind {
+        Block::Question => text.split_at(question_start(text)),
+        Block::User => text.split_at(kept_tail_start(text)),
+        Block::Instructions | Block::Reference => (text, ""),
+    };
+    // An instruction block's first paragraph says what the model is: kept whole.
+    let first_paragraph_end = match kind {
+        Block::Instructions => first_paragraph_end(body),
+        _ => 0,
     };
     let mut pieces = Vec::new();
     for block in split_code_fences(body) {
@@ -120,12 +127,17 @@ fn pieces_of(text: &str, tail: Tail, handles_code: bool) -> Vec<Piece> {
                 text: span.to_string(),
                 compress: handles_code,
             });
-        } else if user {
-            push_keeping_questions(span, &mut pieces);
         } else {
-            pieces.push(Piece {
-                text: span.to_string(),
-                compress: true,
+            let offset = span.as_ptr() as usize - body.as_ptr() as usize;
+            push_sentences(span, &mut pieces, |start, sentence| match kind {
+                Block::Question | Block::User => is_question(sentence),
+                Block::Instructions => {
+                    let at = offset + start;
+                    at < first_paragraph_end
+                        || is_structural(line_at(body, at))
+                        || is_instruction(sentence)
+                }
+                Block::Reference => false,
             });
         }
     }
@@ -136,6 +148,96 @@ fn pieces_of(text: &str, tail: Tail, handles_code: bool) -> Vec<Piece> {
         });
     }
     pieces
+}
+
+/// A question: a sentence ending in `?`.
+fn is_question(sentence: &str) -> bool {
+    sentence.trim_end().ends_with('?')
+}
+
+/// Words that make a sentence of a system prompt an instruction rather than reference material:
+/// who the model is and what it must, may or may not do.
+const INSTRUCTION_WORDS: &[&str] = &[
+    "you",
+    "your",
+    "you're",
+    "yourself",
+    "must",
+    "never",
+    "always",
+    "don't",
+    "do not",
+    "only",
+    "should",
+    "avoid",
+    "ensure",
+    "make sure",
+    "important",
+    "required",
+    "forbidden",
+    "prohibited",
+    "rules",
+    "instructions",
+    "please",
+    "refuse",
+];
+
+/// The line of `text` holding byte `at`.
+fn line_at(text: &str, at: usize) -> &str {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    &text[start..end]
+}
+
+/// Whether a line is structure a prompt's author wrote for the model: a heading, a list item
+/// (rule lists), or an XML-like tag.
+fn is_structural(line: &str) -> bool {
+    let line = line.trim_start();
+    line.starts_with('#')
+        || line.starts_with('<')
+        || line.starts_with("- ")
+        || line.starts_with("* ")
+        || line.starts_with('•')
+        || line.split_once(['.', ')']).is_some_and(|(n, _)| {
+            !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// Whether a sentence of a system or developer block is an instruction: one that says who the
+/// model is or what it must, may or may not do ([`INSTRUCTION_WORDS`]).
+fn is_instruction(sentence: &str) -> bool {
+    let line = sentence.trim();
+    if line.is_empty() {
+        return false;
+    }
+    let lower = line.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .collect();
+    INSTRUCTION_WORDS.iter().any(|marker| {
+        if marker.contains(' ') {
+            lower.contains(marker)
+        } else {
+            words.contains(marker)
+        }
+    })
+}
+
+/// Byte offset where a block's first paragraph ends (the whole block when it has one); a
+/// paragraph over [`MAX_KEPT_TAIL_BYTES`] (a document without paragraph breaks) ends, for this
+/// purpose, with its first sentence.
+fn first_paragraph_end(text: &str) -> usize {
+    let start = text.len() - text.trim_start().len();
+    let end = text[start..]
+        .find("\n\n")
+        .map_or(text.len(), |end| start + end);
+    if end - start <= MAX_KEPT_TAIL_BYTES {
+        return end;
+    }
+    sentences(&text[start..end])
+        .first()
+        .map_or(end, |s| start + s.end)
 }
 
 /// Longest final paragraph of a user block kept whole; a longer one (a document pasted last, or
@@ -152,12 +254,13 @@ fn kept_tail_start(text: &str) -> usize {
     sentences(text.trim_end()).last().map_or(start, |s| s.start)
 }
 
-/// Pushes `text` as pieces, its question sentences (ending in `?`) kept and the runs between
-/// them compressible; adjacent runs of one kind are merged.
-fn push_keeping_questions(text: &str, pieces: &mut Vec<Piece>) {
+/// Pushes `text` as pieces by sentence, those `keep(start, sentence)` chooses kept verbatim and
+/// the runs between them compressible; adjacent runs of one kind are merged.
+fn push_sentences(text: &str, pieces: &mut Vec<Piece>, keep: impl Fn(usize, &str) -> bool) {
     for span in sentences(text) {
+        let start = span.start;
         let sentence = &text[span];
-        let keep = sentence.trim_end().ends_with('?');
+        let keep = keep(start, sentence);
         match pieces.last_mut() {
             Some(last) if last.compress != keep => last.text.push_str(sentence),
             _ => pieces.push(Piece {
@@ -215,13 +318,14 @@ pub fn plan(
             if !roles.contains(&role) || !long_enough {
                 continue;
             }
-            let tail = match role {
+            let kind = match role {
                 // The question of the last turn is kept whole, however long.
-                Role::User if is_question_slot => Tail::Question,
-                Role::User => Tail::Capped,
-                _ => Tail::None,
+                Role::User if is_question_slot => Block::Question,
+                Role::User => Block::User,
+                Role::System | Role::Developer => Block::Instructions,
+                _ => Block::Reference,
             };
-            let pieces = pieces_of(text, tail, handles_code);
+            let pieces = pieces_of(text, kind, handles_code);
             if pieces
                 .iter()
                 .any(|p| p.compress && !p.text.trim().is_empty())
@@ -286,7 +390,7 @@ mod tests {
     #[test]
     fn separate_question_message_is_the_query_and_untouched() {
         let messages = vec![
-            json!({"role": "system", "content": long("System")}),
+            json!({"role": "system", "content": format!("Intro.\n\n{}", long("System"))}),
             json!({"role": "user", "content": long("Document")}),
             json!({"role": "assistant", "content": long("Answer")}),
             json!({"role": "user", "content": "Which document?"}),
@@ -358,7 +462,7 @@ mod tests {
         let messages = vec![
             json!({"role": "system", "content": [
                 {"type": "text", "text": header},
-                {"type": "text", "text": long("prompt")}]}),
+                {"type": "text", "text": format!("Intro.\n\n{}", long("prompt"))}]}),
             json!({"role": "user", "content": "Hi?"}),
         ];
         let p = plan(&messages, DEFAULT_ROLES, 50, false, Tokenizer::O200k);
@@ -395,5 +499,60 @@ mod tests {
         // The pieces tile the block.
         let joined: String = target.pieces.iter().map(|p| p.text.as_str()).collect();
         assert_eq!(joined, first);
+    }
+
+    #[test]
+    fn instructions_stay_whole_and_reference_material_is_compressed() {
+        let reference: String = (0..30)
+            .map(|i| format!("The archive holds ledger number {i} from the harbour office. "))
+            .collect();
+        let system = format!(
+            "You are an interactive agent that helps users with software engineering tasks. \
+             Answer from the reference.\n\n# Tone\n- Be concise.\n1. Cite the ledger.\n\
+             Never invent numbers.\n\n<reference>\n{reference}\n</reference>\n"
+        );
+        let messages = vec![
+            json!({"role": "system", "content": system.clone()}),
+            json!({"role": "user", "content": "Which ledger?"}),
+        ];
+        let p = plan(&messages, DEFAULT_ROLES, 50, false, Tokenizer::O200k);
+        let target = &p.targets[0];
+        let kept: String = target
+            .pieces
+            .iter()
+            .filter(|p| !p.compress)
+            .map(|p| p.text.as_str())
+            .collect();
+        for instruction in [
+            "You are an interactive agent that helps users with software engineering tasks.",
+            "Answer from the reference.",
+            "# Tone",
+            "- Be concise.",
+            "1. Cite the ledger.",
+            "Never invent numbers.",
+            "<reference>",
+            "</reference>",
+        ] {
+            assert!(
+                kept.contains(instruction),
+                "{instruction:?} not kept: {kept}"
+            );
+        }
+        let compressible: usize = target
+            .pieces
+            .iter()
+            .filter(|p| p.compress)
+            .map(|p| p.text.len())
+            .sum();
+        assert!(
+            compressible >= reference.len() - 2,
+            "{compressible} of {}",
+            reference.len()
+        );
+        let joined: String = target.pieces.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(joined, system);
+        // A title generator's prompt is all instruction.
+        assert!(is_instruction("You output ONLY a thread title."));
+        assert!(!is_instruction("The harbour office opened in 1887."));
     }
 }
