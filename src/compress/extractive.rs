@@ -3,10 +3,12 @@
 //! carry the answer, often through pronouns) and a second-hop expansion with the entities of the
 //! best sentences (multi-hop questions name only the first hop). The best sentences that fit the
 //! token budget are kept, in their original order. Without a question, the document's own
-//! top TF-IDF terms stand in for it, which gives a centroid summary.
+//! top TF-IDF terms stand in for it, which gives a centroid summary. Line-structured text
+//! (numbered file reads, logs) is selected by whole lines instead (`lines`).
 
 use std::collections::HashMap;
 
+use super::lines;
 use super::truncate::Truncate;
 use super::{CompressError, CompressInput, Compressor};
 use crate::text::{sentences, terms};
@@ -33,9 +35,9 @@ impl Default for Extractive {
 
 pub(super) struct Sentence {
     pub(super) span: std::ops::Range<usize>,
-    paragraph: usize,
-    is_lead: bool,
-    terms: Vec<String>,
+    pub(super) paragraph: usize,
+    pub(super) is_lead: bool,
+    pub(super) terms: Vec<String>,
     pub(super) tokens: usize,
 }
 
@@ -50,6 +52,9 @@ impl Compressor for Extractive {
 
     fn compress(&self, input: &CompressInput<'_>) -> Result<String, CompressError> {
         let text = input.text;
+        if let Some(shape) = lines::shape(text) {
+            return Ok(self.compress_lines(input, shape));
+        }
         let sentences = analyse(text, input);
         let total: usize = sentences.iter().map(|s| s.tokens).sum();
         if total <= input.target_tokens {
@@ -93,6 +98,26 @@ pub(super) fn analyse(text: &str, input: &CompressInput<'_>) -> Vec<Sentence> {
 }
 
 impl Extractive {
+    /// Line-structured text (`lines`): whole lines selected by the same scores, dropped runs
+    /// marked.
+    fn compress_lines(&self, input: &CompressInput<'_>, shape: lines::Shape) -> String {
+        let text = input.text;
+        let units = lines::units(text, input.tokenizer);
+        let total: usize = units.iter().map(|l| l.tokens).sum();
+        if total <= input.target_tokens {
+            return text.to_string();
+        }
+        let mut scores = self.score(&units, input.query);
+        match shape {
+            lines::Shape::Log => lines::prioritise_errors(text, &units, &mut scores),
+            lines::Shape::Numbered => lines::keep_frame(text, &units, &mut scores),
+        }
+        // Markers cost tokens too: about one per eight kept lines, ~8 tokens each.
+        let budget = input.target_tokens.saturating_sub(input.target_tokens / 16);
+        let kept = select(&units, &scores, budget);
+        lines::render(text, &units, &kept, shape)
+    }
+
     pub(super) fn score(&self, sentences: &[Sentence], query: &str) -> Vec<f64> {
         let sentence_docs: Vec<&[String]> = sentences.iter().map(|s| s.terms.as_slice()).collect();
         let paragraph_count = sentences.last().map_or(0, |s| s.paragraph + 1);

@@ -10,6 +10,7 @@
 mod cache;
 mod extractive;
 mod identity;
+mod lines;
 mod memo;
 pub mod offload;
 mod pipeline;

@@ -11,6 +11,9 @@
 //! - no user question is ever removed, in any turn: a compressed user block keeps its final
 //!   paragraph and every sentence ending in `?` verbatim, so the history still says what was
 //!   asked (a document and its question often travel in one user message);
+//! - tool results keep their structure: a JSON result is left whole (it must stay JSON), the tag
+//!   lines of an XML-like wrapper are kept (so it stays balanced), and numbered file reads and
+//!   logs are cut by whole lines (`compress::lines`, inside `extractive`);
 //! - fenced code blocks stay intact unless the compressor handles code.
 
 use serde_json::Value;
@@ -109,6 +112,13 @@ enum Block {
 /// in a user block, the final paragraph (the question, or the last thing said) and every
 /// question sentence kept verbatim.
 fn pieces_of(text: &str, kind: Block, handles_code: bool) -> Vec<Piece> {
+    if kind == Block::Reference && is_json(text) {
+        // A JSON tool result must stay JSON: sentence selection would break its structure.
+        return vec![Piece {
+            text: text.to_string(),
+            compress: false,
+        }];
+    }
     let (body, tail) = match kind {
         Block::Question => text.split_at(question_start(text)),
         Block::User => text.split_at(kept_tail_start(text)),
@@ -137,7 +147,8 @@ fn pieces_of(text: &str, kind: Block, handles_code: bool) -> Vec<Piece> {
                         || is_structural(line_at(body, at))
                         || is_instruction(sentence)
                 }
-                Block::Reference => false,
+                // A wrapper's tag lines stay, so what is kept of it stays balanced.
+                Block::Reference => line_at(body, offset + start).trim_start().starts_with('<'),
             });
         }
     }
@@ -148,6 +159,13 @@ fn pieces_of(text: &str, kind: Block, handles_code: bool) -> Vec<Piece> {
         });
     }
     pieces
+}
+
+/// Whether a block is one JSON object or array.
+fn is_json(text: &str) -> bool {
+    let trimmed = text.trim();
+    (trimmed.starts_with('{') || trimmed.starts_with('['))
+        && serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok()
 }
 
 /// A question: a sentence ending in `?`.
@@ -554,5 +572,32 @@ mod tests {
         // A title generator's prompt is all instruction.
         assert!(is_instruction("You output ONLY a thread title."));
         assert!(!is_instruction("The harbour office opened in 1887."));
+    }
+
+    #[test]
+    fn json_tool_results_stay_whole_and_wrapper_tags_stay() {
+        let json_result = serde_json::to_string(&json!({"items": (0..60)
+            .map(|i| json!({"id": i, "note": format!("entry {i} of the listing.")}))
+            .collect::<Vec<_>>()}))
+        .expect("json");
+        let wrapped = format!("<content>\n{}\n</content>\n", long("Result"));
+        let messages = vec![
+            json!({"role": "tool", "content": json_result}),
+            json!({"role": "tool", "content": wrapped}),
+            json!({"role": "user", "content": "Which entry?"}),
+        ];
+        let p = plan(&messages, DEFAULT_ROLES, 50, false, Tokenizer::O200k);
+        let touched: Vec<usize> = p.targets.iter().map(|t| t.message).collect();
+        assert_eq!(touched, vec![1], "the JSON result is not compressed");
+        let kept: String = p.targets[0]
+            .pieces
+            .iter()
+            .filter(|p| !p.compress)
+            .map(|p| p.text.as_str())
+            .collect();
+        assert!(
+            kept.contains("<content>") && kept.contains("</content>"),
+            "{kept}"
+        );
     }
 }
