@@ -35,9 +35,9 @@ impl Default for Extractive {
 
 pub(super) struct Sentence {
     pub(super) span: std::ops::Range<usize>,
-    pub(super) paragraph: usize,
-    pub(super) is_lead: bool,
-    pub(super) terms: Vec<String>,
+    paragraph: usize,
+    is_lead: bool,
+    terms: Vec<String>,
     pub(super) tokens: usize,
 }
 
@@ -102,20 +102,31 @@ impl Extractive {
     /// marked.
     fn compress_lines(&self, input: &CompressInput<'_>, shape: lines::Shape) -> String {
         let text = input.text;
-        let units = lines::units(text, input.tokenizer);
+        let spans = lines::spans(text);
+        let units: Vec<Sentence> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, span)| Sentence {
+                paragraph: i / lines::WINDOW,
+                is_lead: false,
+                terms: terms(&text[span.clone()]),
+                tokens: input.tokenizer.count(&text[span.clone()]),
+                span: span.clone(),
+            })
+            .collect();
         let total: usize = units.iter().map(|l| l.tokens).sum();
         if total <= input.target_tokens {
             return text.to_string();
         }
         let mut scores = self.score(&units, input.query);
         match shape {
-            lines::Shape::Log => lines::prioritise_errors(text, &units, &mut scores),
-            lines::Shape::Numbered => lines::keep_frame(text, &units, &mut scores),
+            lines::Shape::Log => lines::prioritise_errors(text, &spans, &mut scores),
+            lines::Shape::Numbered => lines::keep_frame(text, &spans, &mut scores),
         }
         // Markers cost tokens too: about one per eight kept lines, ~8 tokens each.
         let budget = input.target_tokens.saturating_sub(input.target_tokens / 16);
         let kept = select(&units, &scores, budget);
-        lines::render(text, &units, &kept, shape)
+        lines::render(text, &spans, &kept, shape)
     }
 
     pub(super) fn score(&self, sentences: &[Sentence], query: &str) -> Vec<f64> {

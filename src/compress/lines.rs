@@ -6,9 +6,7 @@
 //! numbers). In a log, error lines and the lines around them rank first: they are what a
 //! question about a log is usually about.
 
-use super::extractive::Sentence;
-use super::Tokenizer;
-use crate::text::terms;
+use std::ops::Range;
 
 /// A text's line structure, when it has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +21,7 @@ pub enum Shape {
 const MIN_LINES: usize = 8;
 
 /// Lines per scoring window: the "paragraph" a line's neighbours make.
-const WINDOW: usize = 12;
+pub const WINDOW: usize = 12;
 
 /// Lines on each side of an error line that share its priority.
 const ERROR_CONTEXT: usize = 2;
@@ -85,20 +83,13 @@ fn is_error_line(line: &str) -> bool {
     .any(|word| lower.contains(word))
 }
 
-/// Each line a unit (its span includes its newline), windows of [`WINDOW`] lines as paragraphs.
-pub(super) fn units(text: &str, tokenizer: Tokenizer) -> Vec<Sentence> {
+/// Each line's span, its newline included: the units lines are selected by.
+pub fn spans(text: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let span = start..start + line.len();
-        start = span.end;
-        out.push(Sentence {
-            paragraph: i / WINDOW,
-            is_lead: false,
-            terms: terms(line),
-            tokens: tokenizer.count(line),
-            span,
-        });
+    for line in text.split_inclusive('\n') {
+        out.push(start..start + line.len());
+        start += line.len();
     }
     out
 }
@@ -106,10 +97,10 @@ pub(super) fn units(text: &str, tokenizer: Tokenizer) -> Vec<Sentence> {
 /// Raises the scores of a numbered read's framing — the lines without a number: a wrapper's
 /// tags (`<file>` … `</file>`), an end-of-file note — above every numbered line, so a wrapper
 /// stays balanced and the note stays said.
-pub(super) fn keep_frame(text: &str, lines: &[Sentence], scores: &mut [f64]) {
+pub(super) fn keep_frame(text: &str, lines: &[Range<usize>], scores: &mut [f64]) {
     let top = scores.iter().cloned().fold(0.0, f64::max) + 1.0;
     for (line, score) in lines.iter().zip(scores.iter_mut()) {
-        let body = &text[line.span.clone()];
+        let body = &text[line.clone()];
         if !body.trim().is_empty() && line_number(body).is_none() {
             *score += 3.0 * top;
         }
@@ -117,12 +108,12 @@ pub(super) fn keep_frame(text: &str, lines: &[Sentence], scores: &mut [f64]) {
 }
 
 /// Raises the scores of a log's error lines and their neighbours above every other line.
-pub(super) fn prioritise_errors(text: &str, lines: &[Sentence], scores: &mut [f64]) {
+pub(super) fn prioritise_errors(text: &str, lines: &[Range<usize>], scores: &mut [f64]) {
     let top = scores.iter().cloned().fold(0.0, f64::max) + 1.0;
     let errors: Vec<usize> = lines
         .iter()
         .enumerate()
-        .filter(|(_, l)| is_error_line(&text[l.span.clone()]))
+        .filter(|(_, l)| is_error_line(&text[(*l).clone()]))
         .map(|(i, _)| i)
         .collect();
     for &i in &errors {
@@ -136,12 +127,12 @@ pub(super) fn prioritise_errors(text: &str, lines: &[Sentence], scores: &mut [f6
 }
 
 /// The kept lines, whole and in order, with one marker line per run of dropped lines.
-pub(super) fn render(text: &str, lines: &[Sentence], kept: &[usize], shape: Shape) -> String {
+pub(super) fn render(text: &str, lines: &[Range<usize>], kept: &[usize], shape: Shape) -> String {
     let mut out = String::with_capacity(text.len() / 2);
     let mut next = 0;
     let marker = |out: &mut String, from: usize, to: usize| {
-        let first = &text[lines[from].span.clone()];
-        let last = &text[lines[to].span.clone()];
+        let first = &text[lines[from].clone()];
+        let last = &text[lines[to].clone()];
         let numbers = (line_number(first), line_number(last));
         let said = match (shape, numbers) {
             (Shape::Numbered, (Some(a), Some(b))) if a != b => format!("… lines {a}–{b} omitted …"),
@@ -155,7 +146,7 @@ pub(super) fn render(text: &str, lines: &[Sentence], kept: &[usize], shape: Shap
         if i > next {
             marker(&mut out, next, i - 1);
         }
-        out.push_str(&text[lines[i].span.clone()]);
+        out.push_str(&text[lines[i].clone()]);
         next = i + 1;
     }
     if next < lines.len() {
@@ -167,6 +158,7 @@ pub(super) fn render(text: &str, lines: &[Sentence], kept: &[usize], shape: Shap
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::Tokenizer;
 
     #[test]
     fn numbered_reads_and_logs_are_recognised() {
@@ -254,8 +246,7 @@ mod tests {
     #[test]
     fn dropped_runs_become_markers_with_the_files_numbers() {
         let text: String = (1..=10).map(|i| format!("{i:>4}\tline {i}\n")).collect();
-        let lines = units(&text, Tokenizer::O200k);
-        let out = render(&text, &lines, &[0, 4, 5], Shape::Numbered);
+        let out = render(&text, &spans(&text), &[0, 4, 5], Shape::Numbered);
         assert_eq!(
             out,
             "   1\tline 1\n… lines 2–4 omitted …\n   5\tline 5\n   6\tline 6\n… lines 7–10 omitted …\n"

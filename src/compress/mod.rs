@@ -7,6 +7,7 @@
 //! where they run (inline for small texts, on the blocking pool for big ones) and enforces the
 //! deadline, failing open to the original text.
 
+mod blocks;
 mod cache;
 mod extractive;
 mod identity;
