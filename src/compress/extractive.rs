@@ -13,6 +13,9 @@ use super::truncate::Truncate;
 use super::{CompressError, CompressInput, Compressor};
 use crate::text::{sentences, terms};
 
+/// Weight of a line's window (`lines::WINDOW` lines) in its score, in line mode.
+const LINE_WINDOW_WEIGHT: f64 = 0.5;
+
 #[derive(Debug, Clone)]
 pub struct Extractive {
     /// Weight of the paragraph's relevance in a sentence's score.
@@ -118,10 +121,16 @@ impl Extractive {
         if total <= input.target_tokens {
             return text.to_string();
         }
-        let mut scores = self.score(&units, input.query);
+        // A line stands more on its own than a sentence does: its window weighs less.
+        let by_line = Self {
+            paragraph_weight: LINE_WINDOW_WEIGHT,
+            ..self.clone()
+        };
+        let mut scores = by_line.score(&units, input.query);
         match shape {
             lines::Shape::Log => lines::prioritise_errors(text, &spans, &mut scores),
             lines::Shape::Numbered => lines::keep_frame(text, &spans, &mut scores),
+            lines::Shape::Listing => {}
         }
         // Markers cost tokens too: about one per eight kept lines, ~8 tokens each.
         let budget = input.target_tokens.saturating_sub(input.target_tokens / 16);

@@ -1,4 +1,5 @@
-//! Line-structured text — numbered file reads (`cat -n`, `N\t…`, `N→…`) and logs — compressed by
+//! Line-structured text — numbered file reads (`cat -n`, `N\t…`, `N→…`), logs and option listings
+//! (`--help`) — compressed by
 //! whole lines, never by sentences: a sentence splitter joins two numbered lines into one, or
 //! cuts one in half and loses its number, and an agent reading the result can no longer cite or
 //! edit the file by line. Kept lines stay byte for byte; every run of dropped lines becomes one
@@ -15,6 +16,8 @@ pub enum Shape {
     Numbered,
     /// Most lines start with a timestamp or a log level.
     Log,
+    /// A command's help or a similar listing: many lines are options (`-x`, `--long`).
+    Listing,
 }
 
 /// Lines needed before a text counts as line-structured.
@@ -39,6 +42,8 @@ pub fn shape(text: &str) -> Option<Shape> {
         Some(Shape::Numbered)
     } else if share(is_log_line) >= 0.7 {
         Some(Shape::Log)
+    } else if share(|l| l.trim_start().starts_with('-')) >= 0.25 {
+        Some(Shape::Listing)
     } else {
         None
     }
@@ -173,6 +178,13 @@ mod tests {
             .collect();
         assert_eq!(shape(&log), Some(Shape::Log));
         assert_eq!(shape("A paragraph of prose. Another sentence.\n"), None);
+        let help: String = (0..20)
+            .map(|i| format!("  --option-{i}  Sets option {i}. Default: off.\n"))
+            .collect();
+        assert_eq!(
+            shape(&format!("Usage: tool [OPTIONS]\n\nOptions:\n{help}")),
+            Some(Shape::Listing)
+        );
     }
 
     #[test]
