@@ -44,6 +44,7 @@ pub fn compress(messages: &mut [Value], compressor: CompressorKind) {
             target_ratio: 0.35,
             timeout_ms: 60_000,
             mode: CompressionMode::Inline,
+            scope: "",
         },
         Tokenizer::for_model("gpt-4o"),
     ));
