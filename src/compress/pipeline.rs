@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use super::cache::{cache_key, CompressionCache};
 use super::offload;
-use super::policy::{plan, text_slots, Plan};
+use super::policy::{plan, text_slots, Piece, Plan};
 use super::settings::{CompressionMode, CompressorKind, PipelineSettings};
 use super::{CompressError, CompressInput, Compressor, Tokenizer};
 
@@ -94,6 +94,7 @@ async fn plan_off_thread(
 }
 
 /// What one request's compression needs besides its texts.
+#[derive(Clone)]
 struct Job<'a> {
     compressor: Arc<dyn Compressor>,
     ratio: f64,
@@ -101,6 +102,29 @@ struct Job<'a> {
     background: bool,
     /// Who may share the cache entries (`PipelineSettings::scope`).
     scope: &'a str,
+}
+
+/// Lowest ratio a piece is compressed to when the block's kept text leaves little room.
+const MIN_PIECE_RATIO: f64 = 0.1;
+
+/// The job for one block: its compressible pieces compressed harder by what its verbatim pieces
+/// (questions, instructions, structure) keep, so the block as a whole meets the route's ratio
+/// where it can.
+fn job_for_block<'a>(job: &Job<'a>, pieces: &[Piece], counts: &[usize]) -> Job<'a> {
+    let (mut kept, mut compressible) = (0usize, 0usize);
+    for (piece, &tokens) in pieces.iter().zip(counts) {
+        if piece.compress && tokens >= MIN_PIECE_TOKENS {
+            compressible += tokens;
+        } else {
+            kept += tokens;
+        }
+    }
+    let mut block = job.clone();
+    if compressible > 0 {
+        let room = job.ratio * (kept + compressible) as f64 - kept as f64;
+        block.ratio = (room / compressible as f64).clamp(MIN_PIECE_RATIO.min(job.ratio), job.ratio);
+    }
+    block
 }
 
 impl Pipeline {
@@ -242,12 +266,13 @@ impl Pipeline {
         let mut texts = Vec::with_capacity(plan.targets.len());
         for target in &plan.targets {
             let mut text = String::new();
-            for piece in &target.pieces {
-                let tokens = if piece.compress {
-                    tokenizer.count(&piece.text)
-                } else {
-                    0
-                };
+            let counts: Vec<usize> = target
+                .pieces
+                .iter()
+                .map(|p| tokenizer.count(&p.text))
+                .collect();
+            let job = &job_for_block(job, &target.pieces, &counts);
+            for (piece, &tokens) in target.pieces.iter().zip(&counts) {
                 if !piece.compress || tokens < MIN_PIECE_TOKENS {
                     text.push_str(&piece.text);
                     continue;
