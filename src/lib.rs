@@ -19,3 +19,4 @@ pub mod server;
 pub mod shadow;
 pub mod telemetry;
 pub mod text;
+pub mod url_path;

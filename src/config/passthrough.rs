@@ -43,7 +43,7 @@ impl PathRules {
             if !path.starts_with("/v1/") {
                 return Err(invalid(format!("`{path}` must start with /v1/")));
             }
-            if let Err(reason) = crate::access::check_path(path) {
+            if let Err(reason) = crate::url_path::check_path(path) {
                 return Err(invalid(reason.to_string()));
             }
             let method = match method.to_ascii_uppercase().as_str() {
